@@ -1,0 +1,3 @@
+"""monai-scrd: Scale-aware Contrastive Reverse Distillation for unsupervised medical anomaly detection, on MONAI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from .transforms import ToGrayscaleChannels, ToGrayscaleChannelsd, preprocessing_transforms
+
+__all__ = ["ToGrayscaleChannels", "ToGrayscaleChannelsd", "preprocessing_transforms"]

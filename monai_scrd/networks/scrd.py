@@ -1,0 +1,72 @@
+"""The SCRD model: frozen teacher, one-class bottleneck, student decoder and scale-adaptation head in one module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monai_scrd.networks.student import OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
+from monai_scrd.networks.teacher import TeacherEncoder
+from monai_scrd.scoring.anomaly_map import AnomalyMapGenerator
+
+__all__ = ["SCRD"]
+
+
+class SCRD(nn.Module):
+    """Scale-aware Contrastive Reverse Distillation (Li et al., ICLR 2025); RD4AD and CRD are the same class with
+    switches off.
+
+    Inputs are images in [0, 1] (``[B, 1 or 3, H, W]``, H and W multiples of 32). In training mode ``forward``
+    returns ``features(x)``; in eval mode it returns the anomaly map ``[B, 1, H, W]``, a single tensor, so the
+    model can be checked with ``verify_net_in_out`` and exported to TorchScript/ONNX.
+
+    Args:
+        backbone: teacher backbone (see ``monai_scrd.networks.BACKBONES``).
+        pretrained: teacher weights: ``True`` (ImageNet), a local checkpoint path, or ``False`` (random; tests).
+        contrastive: train with the noisy-teacher contrastive loss (CRD, Eq. 2); training code reads this switch.
+        scale_adaptive: learn per-image scale weights ``alpha`` (Eq. 3); when off, ``alpha`` is all ones.
+        sigma: Gaussian smoothing of the anomaly map.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        pretrained: bool | str = True,
+        contrastive: bool = True,
+        scale_adaptive: bool = True,
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.contrastive = bool(contrastive)
+        self.scale_adaptive = bool(scale_adaptive)
+        self.teacher = TeacherEncoder(backbone, pretrained)
+        spec = self.teacher.spec
+        fusion_blocks = 3 if spec.block == "bottleneck" else 2
+        self.bottleneck = OneClassBottleneck(spec.channels, spec.block, fusion_blocks, spec.width_factor)
+        self.decoder = StudentDecoder(
+            self.bottleneck.out_channels, spec.channels, spec.blocks_per_stage, spec.block, spec.width_factor
+        )
+        self.scale_head = ScaleAdaptationHead(self.bottleneck.out_channels, len(spec.channels)) if scale_adaptive else None
+        self.anomaly_map = AnomalyMapGenerator(sigma)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher feature maps ``[u1, u2, u3]`` (no gradient); also the noisy teacher when given the noisy image."""
+        return self.teacher(x)
+
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Return ``(teacher_feats, student_feats, alpha)`` with ``alpha`` of shape ``[B, K]``."""
+        u = self.encode(x)
+        phi = self.bottleneck(u)
+        v = self.decoder(phi)
+        if self.scale_head is not None:
+            alpha = self.scale_head(phi)
+        else:
+            alpha = torch.ones(x.shape[0], len(u), dtype=phi.dtype, device=phi.device)
+        return u, v, alpha
+
+    def forward(self, x: torch.Tensor):
+        u, v, alpha = self.features(x)
+        if self.training:
+            return u, v, alpha
+        return self.anomaly_map(u, v, alpha, (x.shape[-2], x.shape[-1]))
