@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine: PyTorch first (pinned to the build this project is tested with),
+# then monai-scrd with its test extras. Nothing here downloads model weights.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -m pip install --upgrade pip
+"$PYTHON" -m pip install "torch==2.14.1" "torchvision==0.29.1"
+"$PYTHON" -m pip install -e ".[test]"

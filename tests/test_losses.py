@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_scrd.losses import ContrastiveReverseDistillationLoss, ReverseDistillationLoss, build_loss
+
+
+def _cos(a, b):
+    a, b = a.flatten().tolist(), b.flatten().tolist()
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def _feats(seed, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, c, s, s, generator=g) for c, s in ((4, 4), (3, 2), (2, 1))]
+
+
+def test_contrastive_loss_matches_hand_computation_of_eq4():
+    u, v, z = _feats(0), _feats(1), _feats(2)
+    alpha = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    eps = 1e-3
+    expected = 0.0
+    for b in range(2):
+        for k in range(3):
+            expected += alpha[b, k].item() * (1 - _cos(u[k][b], v[k][b])) / (1 - _cos(z[k][b], v[k][b]) + eps)
+    expected /= 2
+    got = ContrastiveReverseDistillationLoss(eps=eps)(u, v, z, alpha)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ratio_of_sums_matches_algorithm_2():
+    u, v, z = _feats(3), _feats(4), _feats(5)
+    alpha = torch.tensor([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]])
+    expected = 0.0
+    for b in range(2):
+        pull = sum(alpha[b, k].item() * (1 - _cos(u[k][b], v[k][b])) for k in range(3))
+        push = sum(alpha[b, k].item() * (1 - _cos(z[k][b], v[k][b])) for k in range(3))
+        expected += pull / (push + 1e-6)
+    got = ContrastiveReverseDistillationLoss(ratio_of_sums=True)(u, v, z, alpha)
+    assert got.item() == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_eq2_without_alpha_is_unweighted_sum():
+    u, v, z = _feats(6), _feats(7), _feats(8)
+    loss = ContrastiveReverseDistillationLoss()
+    ones = torch.ones(2, 3)
+    assert loss(u, v, z).item() == pytest.approx(loss(u, v, z, ones).item())
+
+
+def test_rd_loss_is_per_location_cosine_eq1():
+    u, v = _feats(9), _feats(10)
+    expected = sum((1 - F.cosine_similarity(a, b, dim=1)).mean().item() for a, b in zip(u, v))
+    assert ReverseDistillationLoss()(u, v).item() == pytest.approx(expected, rel=1e-5)
+    # identical features give zero loss
+    assert ReverseDistillationLoss()(u, u).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alpha_shape_is_checked():
+    u, v, z = _feats(0), _feats(1), _feats(2)
+    with pytest.raises(ValueError, match="alpha must have shape"):
+        ContrastiveReverseDistillationLoss()(u, v, z, torch.ones(3, 2))
+
+
+def test_build_loss_follows_contrastive_switch():
+    assert isinstance(build_loss(True), ContrastiveReverseDistillationLoss)
+    assert isinstance(build_loss(False), ReverseDistillationLoss)
+    assert build_loss(True, ratio_of_sums=True).ratio_of_sums
