@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["ReverseDistillationLoss", "ContrastiveReverseDistillationLoss", "build_loss", "flat_cosine_distance"]
+__all__ = ["ReverseDistillationLoss", "ContrastiveReverseDistillationLoss", "build_loss", "flat_cosine_distance", "alpha_entropy"]
 
 
 def flat_cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,12 +65,16 @@ class ContrastiveReverseDistillationLoss(_Loss):
     Args:
         eps: added to the denominator.
         ratio_of_sums: use Algorithm 2's ratio of alpha-weighted sums instead of Eq. 4's sum of ratios.
+        alpha_entropy_weight: subtract this times the mean entropy of ``alpha`` (0 = the paper's loss). Minimising
+            ``sum_k alpha_k r_k`` alone drives ``alpha`` towards the one-hot of the smallest ratio; a positive weight
+            keeps the scale weights soft.
     """
 
-    def __init__(self, eps: float = 1e-6, ratio_of_sums: bool = False) -> None:
+    def __init__(self, eps: float = 1e-6, ratio_of_sums: bool = False, alpha_entropy_weight: float = 0.0) -> None:
         super().__init__()
         self.eps = float(eps)
         self.ratio_of_sums = ratio_of_sums
+        self.alpha_entropy_weight = float(alpha_entropy_weight)
 
     def forward(
         self,
@@ -89,11 +93,21 @@ class ContrastiveReverseDistillationLoss(_Loss):
             per_sample = (weights * pull).sum(1) / ((weights * push).sum(1) + self.eps)
         else:
             per_sample = (weights * pull / (push + self.eps)).sum(1)
-        return per_sample.mean()
+        loss = per_sample.mean()
+        if self.alpha_entropy_weight and alpha is not None:
+            loss = loss - self.alpha_entropy_weight * alpha_entropy(alpha).mean()
+        return loss
 
 
-def build_loss(contrastive: bool, ratio_of_sums: bool = False, eps: float = 1e-6) -> _Loss:
+def alpha_entropy(alpha: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each sample's scale weights ``[B, K]`` -> ``[B]``; ``log K`` when uniform, 0 when one-hot."""
+    return -(alpha * torch.log(alpha.clamp_min(1e-12))).sum(dim=1)
+
+
+def build_loss(
+    contrastive: bool, ratio_of_sums: bool = False, eps: float = 1e-6, alpha_entropy_weight: float = 0.0
+) -> _Loss:
     """The training loss for a model's ``contrastive`` switch: Eq. 4 (or Algorithm 2) when on, Eq. 1 when off."""
     if contrastive:
-        return ContrastiveReverseDistillationLoss(eps=eps, ratio_of_sums=ratio_of_sums)
+        return ContrastiveReverseDistillationLoss(eps=eps, ratio_of_sums=ratio_of_sums, alpha_entropy_weight=alpha_entropy_weight)
     return ReverseDistillationLoss()
