@@ -102,3 +102,11 @@ def test_mismatched_teacher_checkpoint_fails_clearly(tmp_path):
 def test_unknown_backbone_is_rejected():
     with pytest.raises(ValueError, match="backbone='vgg16' is not supported"):
         SCRD("vgg16", pretrained=False)
+
+
+def test_torchscript_matches_eager(lite0_model):
+    model = lite0_model.eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))

@@ -68,3 +68,14 @@ def test_metrics_reject_bad_input():
         detection_metrics([0, 1], [0.1, float("nan")])
     with pytest.raises(ValueError, match=r"0 \(normal\) or 1"):
         detection_metrics([0, 2], [0.1, 0.2])
+
+
+def test_smoothing_matches_scipy_gaussian_filter():
+    from scipy.ndimage import gaussian_filter
+
+    u = [torch.randn(1, 3, 16, 16)]
+    v = [torch.randn(1, 3, 16, 16)]
+    raw = AnomalyMapGenerator(sigma=0)(u, v, torch.ones(1, 1), (64, 64))
+    smooth = AnomalyMapGenerator(sigma=4)(u, v, torch.ones(1, 1), (64, 64))
+    expected = gaussian_filter(raw[0, 0].numpy(), sigma=4, mode="mirror")
+    np.testing.assert_allclose(smooth[0, 0].numpy(), expected, atol=1e-5)

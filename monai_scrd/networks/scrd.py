@@ -66,7 +66,7 @@ class SCRD(nn.Module):
         return u, v, alpha
 
     def forward(self, x: torch.Tensor):
+        if self.training and not torch.jit.is_scripting():  # the scripted model is the inference graph
+            return self.features(x)
         u, v, alpha = self.features(x)
-        if self.training:
-            return u, v, alpha
         return self.anomaly_map(u, v, alpha, (x.shape[-2], x.shape[-1]))

@@ -142,16 +142,11 @@ class TeacherEncoder(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    @property
-    def out_channels(self) -> tuple[int, int, int]:
-        return self.spec.channels
-
     def train(self, mode: bool = True) -> TeacherEncoder:  # noqa: ARG002 - the teacher is always frozen
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         x = (x - self.mean) / self.std
         x = self.stem(x)
         feats = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import GaussianFilter
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
 __all__ = ["AnomalyMapGenerator", "image_score"]
 
@@ -14,6 +14,10 @@ class AnomalyMapGenerator(nn.Module):
     """Per-scale ``1 - cos(u_k, v_k)`` maps (cosine over channels at each location), weighted by ``alpha_k``,
     upsampled bilinearly to the image size, summed over scales and smoothed with a Gaussian (sigma 4 in the paper).
 
+    The smoothing is torchvision's ``gaussian_blur`` with a kernel radius of 4 sigma and mirrored borders, which
+    equals ``scipy.ndimage.gaussian_filter(..., mode="mirror")`` (RD4AD's reference smoothing, up to the border mode),
+    and it traces and exports to ONNX, unlike MONAI's ``GaussianFilter`` whose padding is computed at run time.
+
     Args:
         sigma: Gaussian smoothing sigma in pixels; 0 disables smoothing.
     """
@@ -21,7 +25,12 @@ class AnomalyMapGenerator(nn.Module):
     def __init__(self, sigma: float = 4.0) -> None:
         super().__init__()
         self.sigma = float(sigma)
-        self.smooth = GaussianFilter(spatial_dims=2, sigma=self.sigma, truncated=4.0) if self.sigma > 0 else nn.Identity()
+        self.kernel_size = 2 * int(round(4.0 * self.sigma)) + 1
+
+    def smooth(self, amap: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return amap
+        return gaussian_blur(amap, [self.kernel_size, self.kernel_size], [self.sigma, self.sigma])
 
     def forward(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: torch.Tensor, image_size: tuple[int, int]
