@@ -4,20 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Resized,
-    ScaleIntensityd,
     Transform,
 )
 from monai.utils import TransformBackends
 
-__all__ = ["ToGrayscaleChannels", "ToGrayscaleChannelsd", "preprocessing_transforms"]
+from monai_scrd.data.errors import DataError
+from monai_scrd.data.readers import LoadMedicalImaged
+
+__all__ = [
+    "ToGrayscaleChannels",
+    "ToGrayscaleChannelsd",
+    "ScaleIntensityToUnit",
+    "ScaleIntensityToUnitd",
+    "intensity_bounds",
+    "preprocessing_transforms",
+    "array_transforms",
+    "DataCompose",
+]
+
+INTENSITY_MODES = ("minmax", "percentile", "none")
 
 
 class ToGrayscaleChannels(Transform):
@@ -55,20 +68,138 @@ class ToGrayscaleChannelsd(MapTransform):
         return d
 
 
-def preprocessing_transforms(keys: KeysCollection = "image", image_size: int | Sequence[int] = 256) -> Compose:
-    """Load, grayscale to 3 channels, resize to ``image_size`` and min-max scale to [0, 1] (2D images).
+def intensity_bounds(
+    values: np.ndarray | torch.Tensor, intensity: str = "minmax", percentiles: Sequence[float] = (0.5, 99.5)
+) -> tuple[float, float]:
+    """``(low, high)`` intensities mapped to 0 and 1: the minimum and maximum, or the given percentiles (in %)."""
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if intensity == "minmax":
+        return float(arr.min()), float(arr.max())
+    if intensity == "percentile":
+        lo_p, hi_p = (float(p) for p in percentiles)
+        if not 0.0 <= lo_p < hi_p <= 100.0:
+            raise ValueError(f"percentiles {tuple(percentiles)} must satisfy 0 <= low < high <= 100")
+        lo, hi = np.percentile(arr, [lo_p, hi_p])
+        if hi <= lo:  # mostly constant image: fall back to the full range
+            lo, hi = arr.min(), arr.max()
+        return float(lo), float(hi)
+    raise ValueError(f"intensity scaling {intensity!r} is not one of {INTENSITY_MODES}")
+
+
+class ScaleIntensityToUnit(Transform):
+    """Scale intensities to [0, 1]: ``(x - low) / (high - low)`` clipped to [0, 1], with ``low``/``high`` the
+    image's minimum/maximum (``"minmax"``) or its ``percentiles`` (``"percentile"``, robust to outliers);
+    ``"none"`` leaves values unchanged. A constant image becomes all zeros.
+
+    Args:
+        intensity: ``"minmax"``, ``"percentile"`` or ``"none"``.
+        percentiles: low and high percentiles (in %) for ``"percentile"``.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, intensity: str = "minmax", percentiles: Sequence[float] = (0.5, 99.5)) -> None:
+        if intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity scaling {intensity!r} is not one of {INTENSITY_MODES}")
+        self.intensity = intensity
+        self.percentiles = tuple(float(p) for p in percentiles)
+        intensity_bounds(np.zeros(1), intensity if intensity != "none" else "minmax", self.percentiles)  # validate
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        img = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
+        if self.intensity == "none":
+            return img
+        img = img.float()
+        lo, hi = intensity_bounds(img, self.intensity, self.percentiles)
+        if hi <= lo:
+            return torch.zeros_like(img)
+        return ((img - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+class ScaleIntensityToUnitd(MapTransform):
+    """Dictionary wrapper of :class:`ScaleIntensityToUnit`."""
+
+    backend = ScaleIntensityToUnit.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        intensity: str = "minmax",
+        percentiles: Sequence[float] = (0.5, 99.5),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scaler = ScaleIntensityToUnit(intensity, percentiles)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key])
+        return d
+
+
+class DataCompose(Compose):
+    """``Compose`` that re-raises a :class:`~monai_scrd.data.errors.DataError` from any of its transforms as is,
+    instead of MONAI's ``RuntimeError("applying transform ...")`` wrapper, so the one-line message reaches the user."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except RuntimeError as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, DataError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
+def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
+
+
+def array_transforms(
+    keys: KeysCollection = "image",
+    image_size: int | Sequence[int] = 256,
+    intensity: str = "minmax",
+    percentiles: Sequence[float] = (0.5, 99.5),
+    channels: int = 3,
+) -> Compose:
+    """The steps of :func:`preprocessing_transforms` after loading, for images already in memory
+    (``{"image": [C, H, W] tensor}``); used to score the slices of a volume."""
+    return Compose(
+        [
+            ToGrayscaleChannelsd(keys, channels=channels),
+            Resized(keys, spatial_size=_size(image_size), mode="bilinear", anti_aliasing=True),
+            ScaleIntensityToUnitd(keys, intensity=intensity, percentiles=percentiles),
+            EnsureTyped(keys, dtype=torch.float32),
+        ]
+    )
+
+
+def preprocessing_transforms(
+    keys: KeysCollection = "image",
+    image_size: int | Sequence[int] = 256,
+    intensity: str = "minmax",
+    percentiles: Sequence[float] = (0.5, 99.5),
+    apply_voi: bool = True,
+    channels: int = 3,
+) -> Compose:
+    """Load and validate (DICOM/NIfTI/PNG/JPEG, see :class:`LoadMedicalImaged`), grayscale to ``channels`` channels,
+    resize to ``image_size`` and scale intensities to [0, 1]. For 2D images; a 3D volume raises a ``DataError``
+    (score volumes with ``monai_scrd.data.score_volume``).
+
+    Output: ``{"image": float32 MetaTensor [channels, H, W] in [0, 1]}`` with rows first (no transpose).
 
     Args:
         keys: keys holding image paths.
         image_size: output spatial size (int for square); keep it a multiple of 32.
+        intensity: ``"minmax"`` (default), ``"percentile"`` (robust to outliers) or ``"none"``.
+        percentiles: low/high percentiles (in %) mapped to 0 and 1 when ``intensity="percentile"``.
+        apply_voi: apply a DICOM VOI LUT / window centre-width when the file has one.
+        channels: output channels (3 for ImageNet teachers).
     """
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return Compose(
-        [
-            LoadImaged(keys, image_only=True, ensure_channel_first=True),
-            ToGrayscaleChannelsd(keys),
-            Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True),
-            ScaleIntensityd(keys, minv=0.0, maxv=1.0),
-            EnsureTyped(keys, dtype=torch.float32),
-        ]
+    return DataCompose(
+        [LoadMedicalImaged(keys, allow_volume=False, apply_voi=apply_voi)]
+        + list(array_transforms(keys, image_size, intensity, percentiles, channels).transforms)
     )
