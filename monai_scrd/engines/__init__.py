@@ -1,0 +1,59 @@
+"""MONAI/Ignite engines and handlers for training, evaluating and running SCRD (used by ``bundles/scrd``)."""
+
+from .evaluation import ErrorReport, SafeDataset, SCRDEvalStep
+from .handlers import (
+    MaxIterationsHandler,
+    MLflowExtrasHandler,
+    ScoreCollector,
+    TrainerCheckpointLoader,
+    TrainerCheckpointSaver,
+    TrainingFinalizer,
+    find_mlflow_handler,
+    fit_threshold,
+    load_threshold,
+)
+from .inference import AnomalyInference
+from .training import SCRDTrainStep, alpha_metric_names, train_log_values
+from .utils import (
+    as_bool,
+    epochs_for,
+    find_bundle_root,
+    is_rank0,
+    latest_checkpoint,
+    list_inputs,
+    load_datalist,
+    load_model_weights,
+    resolve_pretrained,
+    resolve_resume,
+    unwrap,
+)
+
+__all__ = [
+    "SCRDTrainStep",
+    "SCRDEvalStep",
+    "SafeDataset",
+    "ErrorReport",
+    "MaxIterationsHandler",
+    "MLflowExtrasHandler",
+    "ScoreCollector",
+    "TrainingFinalizer",
+    "TrainerCheckpointSaver",
+    "TrainerCheckpointLoader",
+    "load_model_weights",
+    "AnomalyInference",
+    "find_mlflow_handler",
+    "fit_threshold",
+    "load_threshold",
+    "alpha_metric_names",
+    "train_log_values",
+    "as_bool",
+    "epochs_for",
+    "find_bundle_root",
+    "is_rank0",
+    "latest_checkpoint",
+    "list_inputs",
+    "load_datalist",
+    "resolve_pretrained",
+    "resolve_resume",
+    "unwrap",
+]

@@ -1,0 +1,202 @@
+"""Small helpers used by the SCRD bundle configs: bundle location, datalists, ranks, checkpoints."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "find_bundle_root",
+    "as_bool",
+    "is_rank0",
+    "unwrap",
+    "load_datalist",
+    "list_inputs",
+    "latest_checkpoint",
+    "resolve_resume",
+    "resolve_pretrained",
+    "epochs_for",
+]
+
+
+def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                return [str(v) for v in ast.literal_eval(value)]
+            except (ValueError, SyntaxError):
+                return [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip(" '\"")]
+        return [value]
+    return []
+
+
+def find_bundle_root() -> str:
+    """The bundle folder (the one holding ``configs/``), for the default ``bundle_root``.
+
+    In order: the folder above the first ``--config_file`` on the command line; the current directory if it is the
+    bundle; ``./bundles/scrd``; the copy next to this package (editable install of the repository).
+    """
+    for cfg in _config_files_from_argv(sys.argv):
+        folder = os.path.dirname(os.path.abspath(cfg))
+        if os.path.basename(folder) == "configs":
+            return os.path.dirname(folder)
+    cwd = os.getcwd()
+    if os.path.isfile(os.path.join(cwd, "configs", "train.json")):
+        return cwd
+    if os.path.isdir(os.path.join(cwd, "bundles", "scrd", "configs")):
+        return os.path.join(cwd, "bundles", "scrd")
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(here, "bundles", "scrd")
+
+
+def as_bool(value) -> bool:
+    """``True``/``False`` from a config or command-line value (``"true"``, ``"0"``, ``None``, ``1``...)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("", "0", "false", "no", "off", "none", "null"):
+            return False
+        if v in ("1", "true", "yes", "on"):
+            return True
+        raise ValueError(f"cannot read {value!r} as true/false")
+    return bool(value)
+
+
+def is_rank0() -> bool:
+    """Whether this process is rank 0 (or not distributed)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (or the network itself)."""
+    return network.module if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else network
+
+
+def load_datalist(datalist: str | os.PathLike, key: str, base_dir: str | None = None, required: bool = True) -> list[dict]:
+    """Items of ``key`` ("training", "validation", "test") in a MONAI datalist JSON, image paths made absolute
+    (relative paths are taken from ``base_dir``, default: the JSON's folder).
+
+    Raises:
+        ValueError: the file is not a JSON datalist, the key is missing (when ``required``) or an item has no image.
+    """
+    from monai.data import load_decathlon_datalist
+
+    datalist = os.fspath(datalist)
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"{datalist}: datalist file not found")
+    with open(datalist) as f:
+        try:
+            content = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{datalist}: not valid JSON ({e})") from e
+    if not isinstance(content, dict):
+        raise ValueError(f"{datalist}: expected a JSON object with 'training'/'validation'/'test' lists")
+    if key not in content or not content[key]:
+        if required:
+            raise ValueError(f"{datalist}: no {key!r} list (keys: {sorted(content)})")
+        return []
+    for i, item in enumerate(content[key]):
+        if not isinstance(item, dict) or "image" not in item:
+            raise ValueError(f"{datalist}: {key}[{i}] has no 'image' entry")
+    base = base_dir or os.path.dirname(os.path.abspath(datalist))
+    items = load_decathlon_datalist(datalist, is_segmentation=False, data_list_key=key, base_dir=base)
+    return [dict(item) for item in items]
+
+
+def list_inputs(source: str | os.PathLike | Sequence[str], key: str = "test") -> list[dict]:
+    """Images to score: a folder (searched recursively for PNG/JPEG/DICOM/NIfTI/...), a datalist JSON (its ``key``
+    list, falling back to all lists), a single image file, or a list of paths. Returns ``[{"image": path}, ...]``."""
+    from monai_scrd.data.formats import is_image_file
+
+    if isinstance(source, (list, tuple)):
+        return [{"image": os.fspath(p)} for p in source]
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        files = sorted(p for p in glob.glob(os.path.join(source, "**", "*"), recursive=True) if os.path.isfile(p))
+        images = [p for p in files if is_image_file(p) or os.path.splitext(p)[1] == ""]
+        return [{"image": p} for p in images]
+    if source.lower().endswith(".json"):
+        items = load_datalist(source, key, required=False)
+        if not items:
+            items = [i for k in ("training", "validation", "test") for i in load_datalist(source, k, required=False)]
+        return items
+    return [{"image": source}]
+
+
+def _checkpoint_iteration(path: str) -> int:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return int(data.get("trainer", {}).get("iteration", -1))
+    except Exception:  # unreadable/partial file: never picked
+        return -2
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
+    """The checkpoint in ``ckpt_dir`` with the highest saved trainer iteration (None if there is none)."""
+    files = glob.glob(os.path.join(os.fspath(ckpt_dir), "*.pt"))
+    best = max(files, key=lambda p: (_checkpoint_iteration(p), os.path.getmtime(p)), default=None)
+    if best is None or _checkpoint_iteration(best) < 0:
+        return None
+    return best
+
+
+def resolve_resume(resume, resume_from, ckpt_dir) -> str | None:
+    """Checkpoint to resume from: ``resume_from`` if given, else with ``resume`` true the latest one in ``ckpt_dir``.
+
+    Raises:
+        FileNotFoundError: resuming was asked for but there is nothing to resume from.
+    """
+    if resume_from:
+        path = os.fspath(resume_from)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"resume_from={path}: checkpoint file not found")
+        return path
+    if not as_bool(resume):
+        return None
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume true but no training checkpoint in {ckpt_dir}")
+    return path
+
+
+def resolve_pretrained(pretrained_weights):
+    """``pretrained`` argument of SCRD from the ``pretrained_weights`` config value: true/false or a local path."""
+    if isinstance(pretrained_weights, str) and pretrained_weights.strip().lower() not in (
+        "", "0", "1", "true", "false", "none", "null", "yes", "no", "on", "off"
+    ):
+        return pretrained_weights
+    return as_bool(pretrained_weights)
+
+
+def epochs_for(max_iterations: int, epoch_length: int) -> int:
+    """Number of epochs so that ``epochs * epoch_length >= max_iterations`` (the trainer stops at ``max_iterations``)."""
+    if int(epoch_length) < 1:
+        raise ValueError("the training data loader is empty: check the datalist's 'training' list and the batch size")
+    return max(1, -(-int(max_iterations) // int(epoch_length)))
+
+
+def load_model_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a bundle checkpoint (``{"model": state_dict}``, a training checkpoint, or a bare state dict) into
+    ``network`` with a clear error naming the file when it is missing or does not fit."""
+    from monai_scrd.checkpoint import extract_state_dict, load_state_dict_checked, load_weights_file
+
+    path = os.fspath(path)
+    data = load_weights_file(path)
+    load_state_dict_checked(unwrap(network), extract_state_dict(data, path), path)
+    return network
+
+
+__all__ += ["load_model_weights"]

@@ -1,0 +1,297 @@
+"""End-to-end tests of the SCRD MONAI bundle (bundles/scrd) at tiny sizes, run as a user would, via the CLI.
+
+All outputs go to pytest tmp dirs (output_dir, model_dir, eval_dir, ckpt_dir are overridden); nothing is written into
+the repository. Models use random teacher weights (``--pretrained_weights false``), 64 px, batch 4, a few iterations.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = os.path.join(REPO, "bundles", "scrd")
+CONFIGS = os.path.join(BUNDLE, "configs")
+TRAIN = os.path.join(CONFIGS, "train.json")
+EVALUATE = os.path.join(CONFIGS, "evaluate.json")
+INFER = os.path.join(CONFIGS, "inference.json")
+MULTI = os.path.join(CONFIGS, "multi_gpu_train.json")
+META = os.path.join(CONFIGS, "metadata.json")
+SCHEMA = os.path.join(BUNDLE, "schema", "meta_schema_20220324.json")
+SAMPLE = os.path.join(BUNDLE, "sample_data")
+
+TINY = ["--image_size", "64", "--batch_size", "4", "--pretrained_weights", "false", "--num_workers", "0"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["MLFLOW_TRACKING_URI"] = ""  # never pick up a user's tracking server
+    env.pop("MLFLOW_TRACKING_URI")
+    return env
+
+
+def bundle(*args: str, cwd: str | None = None, check: bool = True, timeout: int = 600, launcher=None):
+    cmd = (launcher or [sys.executable, "-m"]) + ["monai.bundle", *args]
+    proc = subprocess.run(cmd, cwd=cwd or REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _train_args(out: str, *extra: str) -> list[str]:
+    return [
+        "run", "training", "--config_file", TRAIN, *TINY,
+        "--output_dir", out, "--model_dir", os.path.join(out, "models"), *extra,
+    ]
+
+
+def _custom_datalist(folder: str) -> str:
+    """A user datalist in another folder: relative paths for training/validation, absolute ones for the test list."""
+    os.makedirs(os.path.join(folder, "imgs"), exist_ok=True)
+    normals = sorted(os.listdir(os.path.join(SAMPLE, "train_normal")))[:8]
+    for n in normals:
+        shutil.copy(os.path.join(SAMPLE, "train_normal", n), os.path.join(folder, "imgs", n))
+    tumours = sorted(os.listdir(os.path.join(SAMPLE, "test_glioma")))[:3]
+    test = [{"image": os.path.join(SAMPLE, "test_normal", n), "label": 0}
+            for n in sorted(os.listdir(os.path.join(SAMPLE, "test_normal")))[:3]]
+    test += [{"image": os.path.join(SAMPLE, "test_glioma", n), "label": 1} for n in tumours]
+    data = {
+        "training": [{"image": f"imgs/{n}"} for n in normals[:6]],
+        "validation": [{"image": f"imgs/{n}"} for n in normals[6:]],
+        "test": test,
+    }
+    path = os.path.join(folder, "my_datalist.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run on a custom datalist with MLflow tracking: 4 iterations, checkpoints every 2."""
+    root = str(tmp_path_factory.mktemp("train"))
+    datalist = _custom_datalist(os.path.join(root, "data"))
+    out = os.path.join(root, "run")
+    proc = bundle(*_train_args(out, "--datalist", datalist, "--max_iterations", "4", "--ckpt_interval", "2",
+                               "--val_interval", "2", "--log_interval", "1", "--tracking", "mlflow"))
+    return {"root": root, "out": out, "datalist": datalist, "log": proc.stdout + proc.stderr}
+
+
+@pytest.mark.slow  # includes the module's training run
+def test_training_leaves_model_and_threshold(trained):
+    models = os.path.join(trained["out"], "models")
+    data = torch.load(os.path.join(models, "model.pt"), map_location="cpu", weights_only=True)
+    assert set(data) == {"model"} and any(k.startswith("decoder.") for k in data["model"])
+    with open(os.path.join(models, "threshold.json")) as f:
+        thr = json.load(f)
+    assert np.isfinite(thr["threshold"]) and thr["fitted_on"] == "validation" and thr["n_images"] == 2
+    assert "iteration 4/4" in trained["log"]  # progress lines
+    assert "alpha_1" in trained["log"]
+    ckpts = os.listdir(os.path.join(trained["out"], "checkpoints"))
+    assert "scrd_final.pt" in ckpts and any("iteration=2" in c or "iteration=4" in c for c in ckpts)
+    assert not os.path.exists(os.path.join(BUNDLE, "runs"))  # nothing written into the repository
+
+
+def test_mlflow_sqlite_has_loss_and_alpha(trained):
+    import mlflow
+
+    db = os.path.join(trained["out"], "mlflow.db")
+    assert os.path.isfile(db)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("scrd")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    for key in ("backbone", "image_size", "lambda_noise_intensity", "max_iterations", "contrastive",
+                "scale_adaptive", "seed"):
+        assert key in run.data.params, key
+    assert run.data.params["image_size"] == "64"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+    for k in ("alpha_1", "alpha_2", "alpha_3"):
+        assert len(client.get_metric_history(run.info.run_id, k)) >= 4
+    assert "val_mean_score" in run.data.metrics and "threshold" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "threshold.json"} <= artifacts
+
+
+@pytest.mark.slow
+def test_resume_continues_from_checkpoint(trained, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(trained["out"], out)
+    os.remove(os.path.join(out, "mlflow.db"))
+    proc = bundle(*_train_args(out, "--datalist", trained["datalist"], "--max_iterations", "6", "--ckpt_interval", "2",
+                               "--val_interval", "0", "--log_interval", "1", "--resume", "true"))
+    log = proc.stdout + proc.stderr
+    assert "resumed training at iteration 4" in log
+    assert "iteration 5/6" in log and "iteration 1/6" not in log
+    final = torch.load(os.path.join(out, "checkpoints", "scrd_final.pt"), map_location="cpu", weights_only=True)
+    assert final["trainer"]["iteration"] == 6
+    assert {"model", "optimizer", "trainer"} <= set(final)
+
+
+
+
+def test_evaluation_metrics_scores_plots_and_bad_files(trained, tmp_path):
+    with open(trained["datalist"]) as f:
+        data = json.load(f)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    data["test"].append({"image": str(tmp_path / "broken.png"), "label": 1})
+    data["test"].append({"image": str(tmp_path / "missing.png"), "label": 0})
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps(data))
+    ev = str(tmp_path / "eval")
+    proc = bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *TINY,
+                  "--model_dir", os.path.join(trained["out"], "models"), "--output_dir", str(tmp_path / "out"),
+                  "--eval_dir", ev, "--datalist", str(dl), check=False)
+    assert proc.returncode != 0, "unreadable inputs must make the run exit non-zero (after writing the results)"
+    with open(os.path.join(ev, "errors.csv")) as f:
+        errors = list(csv.DictReader(f))
+    assert {os.path.basename(r["path"]) for r in errors} == {"broken.png", "missing.png"}
+    with open(os.path.join(ev, "metrics.json")) as f:
+        m = json.load(f)
+    for key in ("auroc", "average_precision", "f1", "accuracy", "threshold", "n_normal", "n_anomalous"):
+        assert key in m
+    assert m["n_normal"] == 3 and m["n_anomalous"] == 3 and 0.0 <= m["auroc"] <= 1.0
+    assert m["n_errors"] == 2 and m["n_scored"] == 6
+    assert "stored_threshold" in m  # from models/threshold.json (validation normals)
+    with open(os.path.join(ev, "scores.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {"path", "label", "score", "is_anomaly"} <= set(rows[0])
+    for png in ("roc_curve.png", "score_histogram.png"):
+        assert os.path.getsize(os.path.join(ev, png)) > 1000
+
+
+def _write_inputs(folder) -> None:
+    import nibabel as nib
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    png = sorted(os.listdir(os.path.join(SAMPLE, "test_glioma")))[0]
+    shutil.copy(os.path.join(SAMPLE, "test_glioma", png), os.path.join(folder, "scan.png"))
+    rng = np.random.default_rng(0)
+    aff = np.diag([0.5, 0.7, 2.0, 1.0])
+    aff[:3, 3] = [10.0, -20.0, 5.0]
+    nib.save(nib.Nifti1Image(rng.random((80, 90)).astype(np.float32), aff), os.path.join(folder, "slice.nii.gz"))
+    nib.save(nib.Nifti1Image((rng.random((48, 40, 3)) * 100).astype(np.float32), aff), os.path.join(folder, "vol.nii.gz"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(os.path.join(folder, "mr.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "MR", 70, 60, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (rng.random((70, 60)) * 4000).astype(np.uint16).tobytes()
+    ds.save_as(os.path.join(folder, "mr.dcm"), enforce_file_format=True)
+
+
+def test_inference_png_dicom_nifti_and_bad_file(trained, tmp_path):
+    import nibabel as nib
+
+    inputs, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _write_inputs(inputs)
+    with open(os.path.join(inputs, "truncated.dcm"), "wb") as f:
+        f.write(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    proc = bundle("run", "--config_file", INFER, "--image_size", "64", "--model_dir",
+                  os.path.join(trained["out"], "models"), "--inputs", inputs, "--output_dir", out, check=False)
+    assert proc.returncode != 0, "an unreadable input must make the run exit non-zero (after the other files)"
+    with open(os.path.join(out, "errors.csv")) as f:
+        assert [os.path.basename(r["path"]) for r in csv.DictReader(f)] == ["truncated.dcm"]
+    with open(os.path.join(out, "scores.csv")) as f:
+        rows = {os.path.basename(r["path"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {"scan.png", "slice.nii.gz", "vol.nii.gz", "mr.dcm"}
+    for r in rows.values():
+        assert np.isfinite(float(r["score"])) and r["is_anomaly"] in ("0", "1")
+        assert os.path.getsize(r["heatmap"]) > 1000
+    src = nib.load(os.path.join(inputs, "slice.nii.gz"))
+    amap = nib.load(rows["slice.nii.gz"]["anomaly_map"])
+    assert amap.shape == src.shape and np.allclose(amap.affine, src.affine)
+    vmap = nib.load(rows["vol.nii.gz"]["anomaly_map"])
+    assert vmap.shape == (48, 40, 3) and np.allclose(vmap.affine, src.affine)
+    assert rows["scan.png"]["anomaly_map"] == ""
+
+
+def test_verify_metadata_offline(tmp_path):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=META, filepath=SCHEMA)  # the file exists, so nothing is downloaded
+    bad = json.loads(open(META).read())
+    del bad["network_data_format"]["inputs"]["image"]["dtype"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError):
+        verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=SCHEMA)
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=INFER, device="cpu", n=2)
+
+
+def test_torchscript_and_onnx_export(trained, tmp_path):
+    ckpt = os.path.join(trained["out"], "models", "model.pt")
+    from monai.bundle import ckpt_export, onnx_export
+
+    ts, onnx_path = str(tmp_path / "model.ts"), str(tmp_path / "model.onnx")
+    common = dict(net_id="network_def", ckpt_file=ckpt, meta_file=META, config_file=INFER, key_in_ckpt="model",
+                  use_trace=True, input_shape=[1, 3, 64, 64], image_size=64)
+    ckpt_export(filepath=ts, **common)
+    onnx_export(filepath=onnx_path, **common)
+
+    from monai_scrd.networks import SCRD
+
+    net = SCRD("efficientnet_lite0", pretrained=False)
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    net.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+        out = torch.jit.load(ts)(x)
+    assert out.shape == (1, 1, 64, 64) and torch.allclose(out, ref, atol=1e-4)
+    import onnx
+
+    model = onnx.load(onnx_path)
+    onnx.checker.check_model(model)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    sess = ort.InferenceSession(onnx_path)
+    res = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(res, ref.numpy(), atol=1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo(tmp_path):
+    out = str(tmp_path / "run")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                "-m"]
+    proc = bundle("run", "training", "--config_file", f"['{TRAIN}','{MULTI}']", *TINY, "--dist_backend", "gloo",
+                  "--max_iterations", "3", "--ckpt_interval", "2", "--val_interval", "2", "--log_interval", "1",
+                  "--output_dir", out, "--model_dir", os.path.join(out, "models"), launcher=launcher, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert "rank 0 of 2" in log and "rank 1 of 2" in log
+    data = torch.load(os.path.join(out, "models", "model.pt"), map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in data["model"])  # DDP unwrapped
+    final = torch.load(os.path.join(out, "checkpoints", "scrd_final.pt"), map_location="cpu", weights_only=True)
+    assert final["trainer"]["iteration"] == 3

@@ -1,0 +1,203 @@
+"""Unit tests of monai_scrd.engines (in-process, tiny): training step in a MONAI SupervisedTrainer, handlers,
+resume helpers, SafeDataset, inference helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from ignite.engine import Events
+from PIL import Image
+
+from monai_scrd.engines import (
+    AnomalyInference,
+    ErrorReport,
+    MaxIterationsHandler,
+    SafeDataset,
+    ScoreCollector,
+    SCRDEvalStep,
+    SCRDTrainStep,
+    TrainerCheckpointLoader,
+    TrainerCheckpointSaver,
+    as_bool,
+    epochs_for,
+    fit_threshold,
+    latest_checkpoint,
+    list_inputs,
+    load_datalist,
+    resolve_pretrained,
+    resolve_resume,
+    train_log_values,
+)
+from monai_scrd.engines.utils import _config_files_from_argv
+from monai_scrd.losses import build_loss
+from monai_scrd.networks import SCRD
+
+
+def _batches(n: int, size: int = 64, b: int = 2):
+    g = torch.Generator().manual_seed(0)
+    return [
+        {"image": torch.rand(b, 3, size, size, generator=g), "image_noisy": torch.rand(b, 3, size, size, generator=g)}
+        for _ in range(n)
+    ]
+
+
+def _trainer(net, data, max_iterations, handlers=(), contrastive=True):
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3, betas=(0.5, 0.999))
+    hs = [MaxIterationsHandler(max_iterations), *handlers]
+    return SupervisedTrainer(
+        device="cpu", max_epochs=epochs_for(max_iterations, len(data)), train_data_loader=data, network=net,
+        optimizer=opt, loss_function=build_loss(contrastive), iteration_update=SCRDTrainStep(),
+        train_handlers=hs, decollate=False,
+    ), opt
+
+
+@pytest.mark.parametrize("contrastive,scale_adaptive", [(True, True), (False, False)])
+def test_train_step_updates_student_only_and_logs_alpha(contrastive, scale_adaptive):
+    torch.manual_seed(0)
+    net = SCRD("efficientnet_lite0", pretrained=False, contrastive=contrastive, scale_adaptive=scale_adaptive)
+    teacher0 = {k: v.clone() for k, v in net.teacher.state_dict().items()}
+    student0 = {k: v.clone() for k, v in net.decoder.state_dict().items()}
+    trainer, _ = _trainer(net, _batches(2), 3, contrastive=contrastive)
+    trainer.run()
+    assert trainer.state.iteration == 3  # stops at max_iterations, mid-epoch
+    for k, v in net.teacher.state_dict().items():
+        assert torch.equal(v, teacher0[k]), f"teacher changed: {k}"
+    assert any(not torch.equal(v, student0[k]) for k, v in net.decoder.state_dict().items())
+    alphas = [trainer.state.metrics[f"alpha_{k}"] for k in (1, 2, 3)]
+    assert abs(sum(alphas) - 1.0) < 1e-4 if scale_adaptive else alphas == [1.0, 1.0, 1.0]
+    values = train_log_values(trainer.state.output)
+    assert set(values) == {"loss", "alpha_1", "alpha_2", "alpha_3"} and np.isfinite(values["loss"])
+
+
+def test_contrastive_step_needs_noisy_view():
+    net = SCRD("efficientnet_lite0", pretrained=False)
+    trainer, _ = _trainer(net, [{"image": torch.rand(2, 3, 64, 64)}], 1)
+    with pytest.raises(KeyError, match="RandSimplexNoised"):
+        trainer.run()
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_restores_iteration_model_optimizer(tmp_path):
+    torch.manual_seed(0)
+    data = _batches(2)
+    net = SCRD("efficientnet_lite0", pretrained=False)
+    trainer, opt = _trainer(net, data, 4)
+    TrainerCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net, "optimizer": opt}, file_prefix="scrd",
+                           save_interval=2, epoch_level=False, n_saved=1, save_final=True,
+                           final_filename="scrd_final.pt").attach(trainer)
+    trainer.run()
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    saved = torch.load(path, weights_only=True)
+    assert saved["trainer"]["iteration"] == 4 and "optimizer" in saved
+
+    net2 = SCRD("efficientnet_lite0", pretrained=False)
+    trainer2, opt2 = _trainer(net2, data, 6)
+    TrainerCheckpointLoader(load_path=path, load_dict={"model": net2, "optimizer": opt2}).attach(trainer2)
+    seen = []
+    trainer2.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
+    trainer2.run()
+    assert seen == [5, 6]
+    # a models/model.pt file is not a training checkpoint
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    trainer3, opt3 = _trainer(SCRD("efficientnet_lite0", pretrained=False), data, 6)
+    TrainerCheckpointLoader(load_path=str(tmp_path / "model.pt"), load_dict={"model": net2, "optimizer": opt3}).attach(trainer3)
+    with pytest.raises(ValueError, match="not a resumable training checkpoint"):
+        trainer3.run()
+
+
+def test_resolve_resume_and_flags(tmp_path):
+    assert resolve_resume(False, "", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        resolve_resume("true", "", tmp_path)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_resume(False, str(tmp_path / "x.pt"), tmp_path)
+    torch.save({"trainer": {"iteration": 3}}, tmp_path / "a.pt")
+    torch.save({"trainer": {"iteration": 7}}, tmp_path / "b.pt")
+    (tmp_path / "broken.pt").write_bytes(b"xx")
+    assert resolve_resume(True, "", tmp_path).endswith("b.pt")
+    assert [as_bool(v) for v in ("true", "False", "0", 1, None, "yes")] == [True, False, False, True, False, True]
+    assert resolve_pretrained("false") is False and resolve_pretrained(True) is True
+    assert resolve_pretrained("/w/teacher.pth") == "/w/teacher.pth"
+    assert epochs_for(10, 4) == 3 and epochs_for(8, 4) == 2
+    with pytest.raises(ValueError):
+        epochs_for(10, 0)
+
+
+def test_config_file_from_argv():
+    assert _config_files_from_argv(["run", "--config_file", "a/configs/train.json"]) == ["a/configs/train.json"]
+    assert _config_files_from_argv(["--config_file", "['a/c/t.json','a/c/e.json']"]) == ["a/c/t.json", "a/c/e.json"]
+    assert _config_files_from_argv(["--config_file=x.json"]) == ["x.json"]
+    assert _config_files_from_argv(["run"]) == []
+
+
+def test_fit_threshold():
+    assert fit_threshold([1.0, 2.0, 3.0, np.nan], 50) == 2.0
+    with pytest.raises(ValueError):
+        fit_threshold([np.nan])
+
+
+def _png(path, size=(40, 50)):
+    Image.fromarray((np.random.default_rng(0).random(size) * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_datalist_paths_and_errors(tmp_path):
+    _png(tmp_path / "a.png")
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": [{"image": "a.png"}], "test": [{"image": "/abs/b.png", "label": 1}]}))
+    assert load_datalist(dl, "training") == [{"image": str(tmp_path / "a.png")}]
+    assert load_datalist(dl, "test")[0]["image"] == "/abs/b.png"
+    assert load_datalist(dl, "validation", required=False) == []
+    with pytest.raises(ValueError, match="no 'validation' list"):
+        load_datalist(dl, "validation")
+    dl.write_text(json.dumps({"training": [{"img": "a.png"}]}))
+    with pytest.raises(ValueError, match=r"training\[0\] has no 'image'"):
+        load_datalist(dl, "training")
+    assert [os.path.basename(i["image"]) for i in list_inputs(str(tmp_path))] == ["a.png"]
+
+
+def test_safe_dataset_and_score_collector(tmp_path):
+    from monai.data import DataLoader
+
+    from monai_scrd.data import preprocessing_transforms
+
+    good = [_png(tmp_path / f"n{i}.png") for i in range(3)]
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    items = [{"image": p, "label": i % 2} for i, p in enumerate(good)] + [{"image": str(tmp_path / "bad.png"), "label": 1}]
+    items.append({"image": _png(tmp_path / "n3.png"), "label": 1})
+    ds = SafeDataset(items, preprocessing_transforms("image", 64), (3, 64, 64))
+    assert ds[3]["error"] and ds[0]["error"] == "" and ds[0]["image"].shape == (3, 64, 64)
+    net = SCRD("efficientnet_lite0", pretrained=False)
+    (tmp_path / "thr.json").write_text(json.dumps({"threshold": 0.5}))
+    report = ErrorReport(str(tmp_path / "out" / "errors.csv"))
+    collector = ScoreCollector("test", str(tmp_path / "out"), str(tmp_path / "thr.json"), error_report=report)
+    ev = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(ds, batch_size=2), network=net,
+                             iteration_update=SCRDEvalStep(), val_handlers=[collector], decollate=False)
+    ev.run()
+    assert {"auroc", "average_precision", "f1", "accuracy"} <= set(ev.state.metrics)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_errors"] == 1 and metrics["n_scored"] == 4 and "stored_threshold" in metrics
+    assert (tmp_path / "out" / "errors.csv").is_file() and (tmp_path / "out" / "roc_curve.png").is_file()
+    with pytest.raises(SystemExit):
+        report.check()
+
+
+def test_anomaly_inference_in_process(tmp_path):
+    import nibabel as nib
+
+    net = SCRD("efficientnet_lite0", pretrained=False)
+    _png(tmp_path / "x.png")
+    aff = np.diag([2.0, 3.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(np.random.rand(50, 40, 1).astype(np.float32), aff), tmp_path / "y.nii")
+    inf = AnomalyInference(net, str(tmp_path / "out"), image_size=64, threshold_path=None)
+    rows = inf([str(tmp_path / "x.png"), str(tmp_path / "y.nii"), str(tmp_path / "missing.png")])
+    assert len(rows) == 2 and rows[0]["is_anomaly"] == ""
+    m = nib.load(rows[1]["anomaly_map"])
+    assert m.shape == (50, 40, 1) and np.allclose(m.affine, aff)
+    assert len(inf.error_report.errors) == 1 and "missing.png" in inf.error_report.errors[0][0]
