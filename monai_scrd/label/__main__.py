@@ -1,0 +1,66 @@
+"""``python -m monai_scrd.label {app,serve}``: write a MONAI Label app folder for SCRD, or write it and start the server.
+
+Run with the Python of the MONAI Label venv (``scripts/install_label.sh``), e.g.
+``~/.cache/monai-scrd/label-venv/bin/python -m monai_scrd.label serve --studies ./studies --bundle bundles/scrd``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from monai_scrd.label import write_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m monai_scrd.label", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("app", help="write the app folder (main.py) and print its path")
+    a.add_argument("app_dir")
+    s = sub.add_parser("serve", help="write the app folder and run `monailabel start_server` on it")
+    s.add_argument("--studies", required=True, help="folder of images to serve (PNG/JPEG/DICOM/NIfTI)")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="trained SCRD bundle folder (default: $SCRD_BUNDLE, else bundles/scrd)")
+    src.add_argument("--model-uri", help="registered MLflow model instead, e.g. models:/scrd@champion")
+    s.add_argument("--tracking-uri", help="MLflow tracking/registry URI for --model-uri (default: $MLFLOW_TRACKING_URI)")
+    s.add_argument("--checkpoint", help="weights file (default: <bundle>/models/model.pt)")
+    s.add_argument("--threshold", help="decision threshold or threshold JSON (default: the bundle's stored one)")
+    s.add_argument("--image-size", type=int, help="override the bundle's image_size")
+    s.add_argument("--device", help="cpu or cuda (default: CUDA when available)")
+    s.add_argument("--name", default="scrd", help="infer task name (URL /infer/<name>)")
+    s.add_argument("--app-dir", default=os.path.join("runs", "label_app"), help="where to write the app folder")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="extra app --conf")
+    args = p.parse_args(argv)
+
+    if args.command == "app":
+        print(write_app(args.app_dir))
+        return 0
+
+    app_dir = write_app(args.app_dir)
+    conf = [("models", args.name)]
+    for key in ("bundle", "model_uri", "tracking_uri", "checkpoint", "threshold", "image_size", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            conf.append((key, os.path.abspath(value) if key in ("bundle", "checkpoint") else str(value)))
+    conf.extend(tuple(c) for c in args.conf)
+    import importlib.util
+
+    if importlib.util.find_spec("monailabel") is None:
+        print("error: monailabel is not installed for this Python; run scripts/install_label.sh and use its venv's "
+              "python (~/.cache/monai-scrd/label-venv/bin/python)", file=sys.stderr)
+        return 2
+    # `python -m monailabel.main` is what the `monailabel` script runs, with this interpreter for certain
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", app_dir, "--studies",
+           os.path.abspath(args.studies), "--host", args.host, "--port", str(args.port)]
+    for k, v in conf:
+        cmd += ["--conf", k, v]
+    print(" ".join(cmd), flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""MONAI Label infer task for SCRD: anomaly score and label in the result JSON, the anomaly heatmap as the result file.
+
+Needs ``monailabel`` (see ``scripts/install_label.sh``); the scoring itself is :class:`monai_scrd.registry.SCRDScorer`,
+so scores are exactly those of the bundle's inference and of the registered MLflow model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from monai_scrd.registry.scorer import MAP_FORMATS, SCRDScorer, save_map
+
+__all__ = ["SCRDInferTask", "InferRequestError", "load_scorer"]
+
+logger = logging.getLogger("monai_scrd.label")
+
+
+class InferRequestError(Exception):
+    """A request that cannot be served (unknown image, unreadable file...), with the HTTP status to answer."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+def http_error(status_code: int, detail: str) -> Exception:
+    """FastAPI's ``HTTPException`` (answered as ``{"detail": ...}`` with ``status_code``; the server keeps serving)."""
+    try:
+        from fastapi import HTTPException
+
+        return HTTPException(status_code=status_code, detail=detail)
+    except ImportError:  # pragma: no cover - monailabel always brings fastapi
+        return InferRequestError(status_code, detail)
+
+
+def load_scorer(conf: dict, device: str | None = None) -> SCRDScorer:
+    """The SCRD model an app serves, from its ``--conf`` values:
+
+    * ``model_uri`` (+ optional ``tracking_uri``): a registered MLflow model, e.g. ``models:/scrd@champion``;
+    * else ``bundle`` (default ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``) with optional ``checkpoint``,
+      ``threshold`` (number or JSON file), ``config_file`` and ``image_size`` (override of the bundle's value).
+    """
+    device = device or conf.get("device") or None
+    model_uri = conf.get("model_uri")
+    if model_uri:
+        import mlflow
+
+        uri = conf.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+        art = os.path.join(local, "artifacts")
+        return SCRDScorer.from_dir(art if os.path.isdir(art) else local, device=device)
+    bundle = conf.get("bundle") or os.environ.get("SCRD_BUNDLE")
+    if not bundle:
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        bundle = os.path.join(here, "bundles", "scrd")
+    overrides = {}
+    if conf.get("image_size"):
+        overrides["image_size"] = int(conf["image_size"])
+    threshold = conf.get("threshold") or None
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            pass
+    return SCRDScorer.from_bundle(
+        bundle,
+        checkpoint=conf.get("checkpoint") or None,
+        config_file=conf.get("config_file") or None,
+        overrides=overrides,
+        threshold=threshold,
+        device=device,
+    )
+
+
+class SCRDInferTask(InferTask):
+    """Scores one image (PNG/JPEG/DICOM/NIfTI; 3D volumes slice by slice, like the bundle) with SCRD.
+
+    Result JSON: ``score`` (mean anomaly map value, as the bundle computes it), ``is_anomaly`` (``score >= threshold``),
+    ``label`` (``"anomaly"``/``"normal"``), ``threshold``, ``map_shape``, ``map_max``, ``latencies``.
+    Result file: the anomaly heatmap, resized to the image's own size, as NIfTI (float32, the image's affine; default)
+    or PNG/NPY (request parameter ``map_format``).
+
+    Args:
+        scorer: the loaded model.
+        description: shown in ``/info/``.
+    """
+
+    def __init__(self, scorer: SCRDScorer, description: str = "SCRD unsupervised anomaly detection (score + heatmap)"):
+        config = {"map_format": "nii.gz", "map_size": "original"}
+        super().__init__(type=InferType.CLASSIFICATION, labels=["anomaly"], dimension=2, description=description, config=config)
+        self.scorer = scorer
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        spec = self.scorer.spec
+        d.update(
+            {
+                "threshold": spec.threshold_value,
+                "backbone": spec.network.get("backbone"),
+                "image_size": spec.preprocessing.get("image_size", 256),
+                "score_reduction": spec.score_reduction,
+                "bundle": {k: spec.metadata.get(k) for k in ("name", "version") if k in spec.metadata},
+            }
+        )
+        return d
+
+    def is_valid(self) -> bool:
+        return self.scorer is not None
+
+    def __call__(self, request) -> tuple[str | None, dict]:
+        t0 = time.time()
+        path = request.get("image")
+        if not isinstance(path, str) or not path:
+            raise http_error(404, "no image: give ?image=<id> of an image in the studies folder, or upload a file")
+        if os.path.isdir(path):
+            raise http_error(422, f"{path}: a folder (DICOM series) is not supported; give one image file (2D, 3D NIfTI or multi-frame DICOM)")
+        fmt = str(request.get("map_format") or "nii.gz").lstrip(".")
+        if fmt not in MAP_FORMATS:
+            raise http_error(400, f"map_format {fmt!r} is not one of {list(MAP_FORMATS)}")
+        map_size = str(request.get("map_size") or "original")
+        if map_size not in ("original", "model"):
+            raise http_error(400, f"map_size {map_size!r} is not 'original' or 'model'")
+        result = self.scorer.score_files([path], return_maps=True, map_size=map_size)[0]
+        if result["error"]:
+            raise http_error(422, result["error"])
+        if fmt == "png" and np.ndim(result["map"]) != 2:
+            raise http_error(400, f"{path}: a 3D volume's map cannot be a PNG; use map_format nii.gz")
+        t_infer = time.time()
+        amap, affine = result["map"], result.get("affine")
+        out = tempfile.NamedTemporaryFile(suffix=f".{fmt}", prefix="scrd_map_", delete=False).name
+        save_map(amap, out, affine)
+        score = float(result["score"])
+        thr = self.scorer.threshold
+        is_anomaly = result["is_anomaly"]
+        res = {
+            "score": score,
+            "is_anomaly": is_anomaly,
+            "label": None if is_anomaly is None else ("anomaly" if is_anomaly else "normal"),
+            "threshold": thr,
+            "map_shape": list(np.asarray(amap).shape),
+            "map_max": float(np.max(amap)),
+            "map_format": fmt,
+            "volume": bool(result.get("volume")),
+            "latencies": {"infer": round(t_infer - t0, 4), "total": round(time.time() - t0, 4)},
+        }
+        logger.info(f"SCRD {os.path.basename(path)}: score={score:.6g} is_anomaly={is_anomaly}")
+        return out, res

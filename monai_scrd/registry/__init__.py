@@ -1,0 +1,52 @@
+"""MLflow model registry for SCRD: log a trained model as a self-contained MLflow pyfunc and register it.
+
+The logged model carries the weights (``model.pt``), the :class:`~monai_scrd.registry.scorer.ModelSpec`
+(network arguments, preprocessing arguments, score reduction, fitted decision threshold, bundle metadata), a
+signature, an input example and, by default, a copy of the ``monai_scrd`` code, so it loads in a fresh process
+anywhere (``mlflow.pyfunc.load_model("models:/scrd@champion")``) with only the third-party requirements installed.
+
+Command line (see ``python -m monai_scrd.registry --help``)::
+
+    python -m monai_scrd.registry register --run-id <RUN_ID> --name scrd --alias champion --tracking-uri sqlite:///mlflow.db
+    python -m monai_scrd.registry register --bundle-dir bundles/scrd --name scrd --alias champion
+    python -m monai_scrd.registry predict --model-uri models:/scrd@champion image1.png image2.dcm
+
+Backend: MLflow 3's registry needs a database store (``sqlite:///path/mlflow.db``); plain folders (file store) are
+refused with a clear error.
+
+Attributes are imported lazily: ``monai_scrd.registry.scorer`` does not need MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "api": [
+        "log_scrd_model",
+        "register_model",
+        "register_run",
+        "register_trained_model",
+        "set_alias",
+        "spec_from_run",
+        "resolve_tracking_uri",
+        "RegisterModelHandler",
+        "RegistryError",
+    ],
+    "scorer": ["ModelSpec", "SCRDScorer", "spec_from_bundle", "read_threshold", "write_model_dir", "save_map"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,149 @@
+"""The MLflow pyfunc wrapper of a trained SCRD model.
+
+Input: a DataFrame with a column ``image`` of file paths (PNG/JPEG/BMP/TIFF, DICOM, 2D NIfTI), as seen by the
+process that serves the model. Output: a DataFrame with, per row, ``image``, ``score`` (float, NaN when the file
+could not be scored), ``is_anomaly`` (``score >= threshold``; None when the row failed), ``error`` (empty when fine,
+else one line naming the file) and, when asked, ``map_path`` (the anomaly heatmap written to ``map_dir``).
+
+Parameters (``predict(df, params={...})`` or the ``params`` of a REST request):
+
+* ``return_map`` (bool, default False): write each anomaly map and return its path in ``map_path``;
+  a DataFrame column ``return_map`` (bool per row) works too;
+* ``map_dir`` (str): where maps are written (default: a new temporary folder);
+* ``map_format`` (``"nii.gz"`` (default), ``"npy"`` or ``"png"``): file type of the maps;
+* ``map_size`` (``"original"`` (default): the image's own size, with its affine in NIfTI, like the bundle's maps;
+  ``"model"``: the model's input size).
+
+3D volumes (3D NIfTI, multi-frame DICOM) are scored slice by slice like the bundle does (score: max over slices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+__all__ = ["SCRDPyfuncModel", "INPUT_COLUMN", "OUTPUT_COLUMNS", "model_signature", "input_example", "DEFAULT_PARAMS"]
+
+INPUT_COLUMN = "image"
+OUTPUT_COLUMNS = ["image", "score", "is_anomaly", "error", "map_path"]
+DEFAULT_PARAMS = {"return_map": False, "map_dir": "", "map_format": "nii.gz", "map_size": "original"}
+
+
+def model_signature():
+    """Input: string column ``image`` (``return_map`` optional); output: the prediction columns; params as above."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", INPUT_COLUMN), ColSpec("boolean", "return_map", required=False)])
+    outputs = Schema(
+        [
+            ColSpec("string", "image"),
+            ColSpec("double", "score"),
+            ColSpec("boolean", "is_anomaly", required=False),
+            ColSpec("string", "error"),
+            ColSpec("string", "map_path", required=False),
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("return_map", "boolean", DEFAULT_PARAMS["return_map"]),
+            ParamSpec("map_dir", "string", DEFAULT_PARAMS["map_dir"]),
+            ParamSpec("map_format", "string", DEFAULT_PARAMS["map_format"]),
+            ParamSpec("map_size", "string", DEFAULT_PARAMS["map_size"]),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example(paths=None) -> pd.DataFrame:
+    """A one-row example request (file paths are those of the serving machine)."""
+    return pd.DataFrame({INPUT_COLUMN: list(paths or ["/data/images/case_0001.png"])})
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if value is None:
+        return False
+    try:
+        if pd.isna(value):
+            return False
+    except (TypeError, ValueError):
+        pass
+    return bool(value)
+
+
+def _map_name(index: int, path: str, fmt: str) -> str:
+    stem = os.path.basename(path.rstrip("/\\")) or "image"
+    for ext in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    digest = hashlib.sha1(path.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{index:05d}_{stem}_{digest}_anomaly_map.{fmt}"
+
+
+class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
+    """Loads the artifacts ``checkpoint`` (``model.pt``) and ``spec`` (``scrd_model.json``) and scores image files.
+
+    The device is CUDA when available, else CPU; set ``SCRD_DEVICE`` (e.g. ``cpu``) to choose.
+    """
+
+    def load_context(self, context):
+        from monai_scrd.registry.scorer import ModelSpec, SCRDScorer
+
+        spec = ModelSpec.load(context.artifacts["spec"])
+        device = os.environ.get("SCRD_DEVICE") or None
+        batch_size = int(os.environ.get("SCRD_BATCH_SIZE", "8"))
+        self.scorer = SCRDScorer(spec, context.artifacts["checkpoint"], device=device, batch_size=batch_size)
+
+    def predict(self, context, model_input, params=None):
+        params = {**DEFAULT_PARAMS, **{k: v for k, v in dict(params or {}).items() if v is not None}}
+        if isinstance(model_input, pd.DataFrame):
+            df = model_input
+        elif isinstance(model_input, dict):
+            df = pd.DataFrame(model_input)
+        else:
+            df = pd.DataFrame({INPUT_COLUMN: list(np.ravel(model_input))})
+        if INPUT_COLUMN not in df.columns:
+            raise ValueError(f"input needs a column {INPUT_COLUMN!r} of image file paths (got columns {list(df.columns)})")
+        paths = ["" if (p is None or (isinstance(p, float) and np.isnan(p))) else str(p) for p in df[INPUT_COLUMN].tolist()]
+        per_row = [_as_bool(v) for v in df["return_map"].tolist()] if "return_map" in df.columns else [False] * len(paths)
+        want_maps = [_as_bool(params["return_map"]) or r for r in per_row]
+        fmt = str(params.get("map_format") or "nii.gz").lstrip(".")
+        if any(want_maps) and fmt not in ("nii.gz", "npy", "png"):
+            raise ValueError(f"map_format {fmt!r} is not one of 'nii.gz', 'npy', 'png'")
+        map_size = str(params.get("map_size") or "original")
+        if map_size not in ("original", "model"):
+            raise ValueError(f"map_size {map_size!r} is not 'original' or 'model'")
+        results = self.scorer.score_files(paths, return_maps=any(want_maps), map_size=map_size)
+        map_paths: list[str] = [""] * len(paths)
+        if any(want_maps):
+            from monai_scrd.registry.scorer import save_map
+
+            map_dir = str(params.get("map_dir") or "") or tempfile.mkdtemp(prefix="scrd_maps_")
+            os.makedirs(map_dir, exist_ok=True)
+            for i, r in enumerate(results):
+                if want_maps[i] and r.get("map") is not None:
+                    try:
+                        map_paths[i] = save_map(r["map"], os.path.join(map_dir, _map_name(i, r["image"], fmt)), r.get("affine"))
+                    except Exception as e:  # noqa: BLE001 - e.g. unwritable map_dir: report on the row
+                        r["error"] = f"{r['image']}: could not write the anomaly map ({type(e).__name__}: {e})"
+        out = pd.DataFrame(
+            {
+                "image": [r["image"] for r in results],
+                "score": np.asarray([r["score"] for r in results], dtype=np.float64),
+                "is_anomaly": [r["is_anomaly"] for r in results],
+                "error": [r["error"] for r in results],
+            }
+        )
+        if all(v is not None for v in out["is_anomaly"]):
+            out["is_anomaly"] = out["is_anomaly"].astype(bool)
+        if any(want_maps):
+            out["map_path"] = map_paths
+        return out

@@ -1,0 +1,126 @@
+"""MONAI Label server serving SCRD on 127.0.0.1: /info/ and /infer/ over HTTP with PNG, DICOM and NIfTI studies,
+score and heatmap checked, clear HTTP errors for bad requests, server still serving after them, stopped at the end.
+
+MONAI Label lives in its own venv (``scripts/install_label.sh``; ``$SCRD_LABEL_VENV``, default
+``~/.cache/monai-scrd/label-venv``). Without it the test is skipped, unless ``SCRD_REQUIRE_LABEL=1`` (CI) makes that
+a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_registry_support import REPO, TOL, clean_env, direct_scores, free_port, make_images, train_tiny_bundle  # noqa: E402
+
+VENV = os.environ.get("SCRD_LABEL_VENV") or os.path.join(os.path.expanduser("~"), ".cache", "monai-scrd", "label-venv")
+VENV_PY = os.path.join(VENV, "bin", "python")
+
+
+def _label_python() -> str:
+    ok = os.path.isfile(VENV_PY) and subprocess.run(
+        [VENV_PY, "-c", "import monailabel"], capture_output=True, timeout=120
+    ).returncode == 0
+    if not ok:
+        msg = f"MONAI Label venv not found at {VENV} (run: bash scripts/install_label.sh)"
+        if os.environ.get("SCRD_REQUIRE_LABEL", "") not in ("", "0"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return VENV_PY
+
+
+def _post(url: str, timeout: float = 120):
+    return urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=timeout)
+
+
+def _http_error(url: str) -> tuple[int, dict]:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _post(url)
+    return err.value.code, json.loads(err.value.read().decode())
+
+
+@pytest.mark.slow
+def test_monai_label_server(tmp_path):
+    python = _label_python()
+    net, bundle = train_tiny_bundle(str(tmp_path / "bundle"))
+    studies = tmp_path / "studies"
+    imgs = make_images(str(studies))
+    os.remove(imgs["volume"])  # keep the studies to 2D images + the corrupt one
+    thr = json.load(open(os.path.join(bundle, "models", "threshold.json")))["threshold"]
+    expected = dict(zip(("png", "dicom", "nifti"), direct_scores(net, [imgs[k] for k in ("png", "dicom", "nifti")])))
+
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "w")
+    env = clean_env(MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"), PYTHONPATH=REPO)
+    proc = subprocess.Popen(
+        [python, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", bundle,
+         "--app-dir", str(tmp_path / "app"), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        info = None
+        while info is None:
+            assert proc.poll() is None, "server exited:\n" + open(log_path).read()[-4000:]
+            try:
+                info = json.loads(urllib.request.urlopen(base + "/info/", timeout=5).read().decode())
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert time.time() < deadline, "MONAI Label did not start in 180 s:\n" + open(log_path).read()[-4000:]
+                time.sleep(1)
+        assert "scrd" in info["models"]
+        model_info = info["models"]["scrd"]
+        assert model_info["threshold"] == pytest.approx(thr) and model_info["image_size"] == 64
+        assert info["datastore"]["total"] == 4  # png, dcm, nii.gz, broken.png
+
+        ids = {"png": "case_png", "dicom": "case_dcm", "nifti": "case_nii"}
+        for kind, image_id in ids.items():
+            res = json.loads(_post(f"{base}/infer/scrd?image={image_id}&output=json").read().decode())
+            assert abs(res["score"] - expected[kind]) <= TOL, (kind, res, expected[kind])
+            assert res["is_anomaly"] == (res["score"] >= thr)
+            assert res["label"] == ("anomaly" if res["is_anomaly"] else "normal")
+
+        # the heatmap as the result file: NIfTI at the image's own size, with the image's affine
+        import nibabel as nib
+        import numpy as np
+
+        r = _post(f"{base}/infer/scrd?image=case_nii&output=image")
+        assert r.status == 200
+        heat = tmp_path / "heat.nii.gz"
+        heat.write_bytes(r.read())
+        himg = nib.load(str(heat))
+        assert himg.shape[:2] == (48, 40)
+        assert np.allclose(np.diag(himg.affine)[:2], [0.8, 0.8])
+        assert np.isfinite(himg.get_fdata()).all() and himg.get_fdata().max() > 0
+        r = _post(f"{base}/infer/scrd?image=case_png&output=image")  # PNG input: map at 70x60
+        heat.write_bytes(r.read())
+        assert nib.load(str(heat)).shape[:2] == (70, 60)
+
+        # bad requests: clear errors, and the server keeps serving
+        code, body = _http_error(f"{base}/infer/nope?image=case_png&output=json")
+        assert code == 404 and "nope" in body["detail"] and "scrd" in body["detail"]
+        code, body = _http_error(f"{base}/infer/scrd?image=broken&output=json")
+        assert code == 422 and "broken.png" in body["detail"]
+        code, body = _http_error(f"{base}/infer/scrd?image=ghost&output=json")
+        assert code == 404 and "ghost" in body["detail"]
+        assert urllib.request.urlopen(base + "/info/", timeout=10).status == 200
+        res = json.loads(_post(f"{base}/infer/scrd?image=case_dcm&output=json").read().decode())
+        assert abs(res["score"] - expected["dicom"]) <= TOL
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+    assert proc.poll() is not None

@@ -1,0 +1,187 @@
+"""Helpers (no tests) shared by the registry and MONAI Label tests: a tiny trained SCRD bundle and small PNG, DICOM and
+NIfTI images, all made in seconds on the CPU (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = os.path.join(REPO, "bundles", "scrd")
+IMAGE_SIZE = 64
+TOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra) -> dict:
+    """Environment for a fresh subprocess: no PYTHONPATH pointing at the checkout, no inherited MLflow URIs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _write_configs(bundle_dir: str) -> None:
+    """The repository bundle's inference config (and metadata) with ``image_size`` set small; a minimal equivalent
+    when the bundle has no inference config yet."""
+    cfg_dir = os.path.join(bundle_dir, "configs")
+    os.makedirs(cfg_dir, exist_ok=True)
+    src = os.path.join(BUNDLE, "configs", "inference.json")
+    if os.path.isfile(src):
+        with open(src) as f:
+            cfg = json.load(f)
+    else:
+        cfg = {
+            "imports": ["$import monai_scrd"],
+            "backbone": "efficientnet_lite0",
+            "contrastive": True,
+            "scale_adaptive": True,
+            "score_reduction": "mean",
+            "network_def": {"_target_": "monai_scrd.networks.SCRD", "backbone": "@backbone", "pretrained": False,
+                            "contrastive": "@contrastive", "scale_adaptive": "@scale_adaptive"},
+        }
+    cfg["image_size"] = IMAGE_SIZE
+    cfg["bundle_root"] = bundle_dir
+    with open(os.path.join(cfg_dir, "inference.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    meta = os.path.join(BUNDLE, "configs", "metadata.json")
+    if os.path.isfile(meta):
+        shutil.copy(meta, os.path.join(cfg_dir, "metadata.json"))
+    else:
+        with open(os.path.join(cfg_dir, "metadata.json"), "w") as f:
+            json.dump({"name": "SCRD unsupervised anomaly detection", "version": "0.1.0"}, f)
+
+
+def train_tiny_bundle(bundle_dir: str, iterations: int = 3, seed: int = 0) -> tuple[torch.nn.Module, str]:
+    """Train an SCRD (EfficientNet-Lite0 teacher, random weights) for a few iterations at 64 px with a plain loop and
+    save it like the bundle does: ``models/model.pt`` = ``{"model": state_dict}`` plus ``models/threshold.json``.
+    Returns ``(network in eval mode, bundle_dir)``."""
+    from monai_scrd.losses import ReverseDistillationLoss
+    from monai_scrd.networks import SCRD
+
+    _write_configs(bundle_dir)
+    torch.manual_seed(seed)
+    net = SCRD("efficientnet_lite0", pretrained=False, contrastive=True, scale_adaptive=True)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    loss_fn = ReverseDistillationLoss()
+    net.train()
+    for _ in range(iterations):
+        x = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+        u, v, alpha = net(x)
+        loss = loss_fn(u, v, alpha)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    models = os.path.join(bundle_dir, "models")
+    os.makedirs(models, exist_ok=True)
+    torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, os.path.join(models, "model.pt"))
+    with torch.no_grad():
+        scores = net(torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE)).flatten(1).mean(1)
+    with open(os.path.join(models, "threshold.json"), "w") as f:
+        json.dump({"threshold": float(scores.median()), "method": "test: median of random images", "fitted_on": "test"}, f)
+    return net, bundle_dir
+
+
+def make_dicom(path: str, stored: np.ndarray) -> str:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    stored = np.asarray(stored, dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName = "Test^Synthetic"
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_images(folder: str, seed: int = 1) -> dict[str, str]:
+    """PNG (8-bit gray, 70x60), DICOM (16-bit, rescaled, 56x72), 2D NIfTI (float, 48x40), 3D NIfTI (40x36x3) and
+    a corrupt PNG. Returns ``{kind: path}``."""
+    import nibabel as nib
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:70, 0:60]
+    png = (128 + 60 * np.sin(xx / 6.0) * np.cos(yy / 9.0) + rng.normal(0, 10, (70, 60))).clip(0, 255).astype(np.uint8)
+    paths = {"png": os.path.join(folder, "case_png.png")}
+    Image.fromarray(png).save(paths["png"])
+    dcm = (1000 + 400 * rng.random((56, 72))).astype(np.uint16)
+    dcm[20:30, 30:45] += 900  # a bright "lesion"
+    paths["dicom"] = make_dicom(os.path.join(folder, "case_dcm.dcm"), dcm)
+    nii = (rng.random((48, 40)) * 300).astype(np.float32)
+    paths["nifti"] = os.path.join(folder, "case_nii.nii.gz")
+    nib.save(nib.Nifti1Image(nii, np.diag([0.8, 0.8, 2.0, 1.0])), paths["nifti"])
+    vol = (rng.random((40, 36, 3)) * 500).astype(np.float32)
+    paths["volume"] = os.path.join(folder, "case_vol.nii.gz")
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), paths["volume"])
+    paths["broken"] = os.path.join(folder, "broken.png")
+    with open(paths["broken"], "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)))
+    return paths
+
+
+@torch.no_grad()
+def direct_scores(net: torch.nn.Module, paths: list[str]) -> list[float]:
+    """Reference scores computed with the core pieces only: preprocessing_transforms -> SCRD -> image_score(mean)."""
+    from monai_scrd.data import preprocessing_transforms
+    from monai_scrd.scoring import image_score
+
+    tf = preprocessing_transforms("image", image_size=IMAGE_SIZE)
+    out = []
+    for p in paths:
+        x = torch.as_tensor(tf({"image": p})["image"])[None].float()
+        out.append(float(image_score(net.eval()(x), "mean")[0]))
+    return out
+
+
+def bundle_inference_scores(bundle_dir: str, paths: list[str], output_dir: str) -> dict[str, float] | None:
+    """Scores from the bundle's own inference config (``scores.csv``), or None when the bundle has no inference yet."""
+    import csv
+
+    if not os.path.isfile(os.path.join(BUNDLE, "configs", "inference.json")):
+        return None
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=os.path.join(bundle_dir, "configs", "inference.json"),
+        workflow_type="infer",
+        bundle_root=bundle_dir,
+        inputs=list(paths),
+        output_dir=output_dir,
+        device="cpu",
+        save_heatmaps=False,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    with open(os.path.join(output_dir, "scores.csv")) as f:
+        return {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+PYTHON = sys.executable
