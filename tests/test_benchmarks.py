@@ -1,0 +1,82 @@
+"""Smoke tests of benchmarks/quality.py and benchmarks/speed.py at toy sizes (a fake Brain Tumor layout)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def _fake_brain_tumor(root: Path, n: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    split = {"train": {"0": [], "unlabeled": {}}, "test": {"0": [], "1": []}}
+    rows = []
+    for group, key, count in (("train/normal", ("train", "0"), n), ("test/normal", ("test", "0"), 4),
+                              ("test/glioma", ("test", "1"), 2), ("test/meningioma", ("test", "1"), 2)):
+        (root / group).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            name = f"{group.replace('/', '_')}_{i}.png"
+            size = 40 + 8 * i
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(root / group / name)
+            split[key[0]][key[1]].append(name)
+            rows.append({"path": f"{group}/{name}", "source_path": "", "bytes": 0, "width": size, "height": size,
+                         "mode": "L", "format": "PNG", "sha1": ""})
+    (root / "splits").mkdir()
+    (root / "splits" / "MedIAnomaly_BrainTumor_data.json").write_text(json.dumps(split))
+    with open(root / "files.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(root / "splits" / "exact_duplicates.csv", "w") as f:
+        f.write("sha1,n_files,spans_train_and_test,paths\n")
+        f.write(f"x,2,True,test/normal/{split['test']['0'][0]};train/normal/{split['train']['0'][0]}\n")
+    return root
+
+
+def test_quality_smoke(tmp_path):
+    import quality
+
+    root = _fake_brain_tumor(tmp_path / "bt")
+    out = tmp_path / "res"
+    results = quality.main(["--smoke", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)])
+    assert {r["row"] for r in results} == {"rd4ad", "scrd_alg2"}
+    for r in results:
+        assert 0.0 <= r["metrics"]["official"]["auroc"] <= 1.0
+        assert r["metrics"]["dedup"]["n_normal"] == r["metrics"]["official"]["n_normal"] - 1
+        assert (out / "smoke" / f"{r['row']}_seed0.json").exists()
+    assert results[1]["alpha_test"]["normal"]["entropy_mean"] >= 0
+    assert (out / "smoke" / "shortcut.json").exists()
+
+
+def test_student_path_matches_model_features():
+    import quality
+    from monai_scrd.networks import SCRD
+
+    torch.manual_seed(0)
+    model = SCRD("resnet18", False, contrastive=True, scale_adaptive=True).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        u, v, alpha = model.features(x)
+        v2, alpha2 = quality.student(model, model.encode(x))
+    for a, b in zip(v, v2):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(alpha, alpha2)
+
+
+def test_speed_smoke(tmp_path):
+    import speed
+
+    res = speed.main(["--smoke", "--out", str(tmp_path / "speed.json")])
+    assert res["training"] and res["inference"] and res["noise"]
+    assert (tmp_path / "speed.json").exists()
+    md = speed.report_markdown(res, "speed.json")
+    assert "images/s" in md
