@@ -30,6 +30,7 @@ SCHEMA = os.path.join(BUNDLE, "schema", "meta_schema_20220324.json")
 SAMPLE = os.path.join(BUNDLE, "sample_data")
 
 TINY = ["--image_size", "64", "--batch_size", "4", "--pretrained_weights", "false", "--num_workers", "0"]
+ABS = ["--allow_absolute_paths", "true"]
 
 
 def _env() -> dict:
@@ -57,7 +58,8 @@ def _train_args(out: str, *extra: str) -> list[str]:
 
 
 def _custom_datalist(folder: str) -> str:
-    """A user datalist in another folder: relative paths for training/validation, absolute ones for the test list."""
+    """A user datalist in another folder: relative paths for training/validation, absolute ones for the test list
+    (so runs on it need ``--allow_absolute_paths true``)."""
     os.makedirs(os.path.join(folder, "imgs"), exist_ok=True)
     normals = sorted(os.listdir(os.path.join(SAMPLE, "train_normal")))[:8]
     for n in normals:
@@ -84,7 +86,7 @@ def trained(tmp_path_factory):
     datalist = _custom_datalist(os.path.join(root, "data"))
     out = os.path.join(root, "run")
     proc = bundle(*_train_args(out, "--datalist", datalist, "--max_iterations", "4", "--ckpt_interval", "2",
-                               "--val_interval", "2", "--log_interval", "1", "--tracking", "mlflow"))
+                               "--val_interval", "2", "--log_interval", "1", "--tracking", "mlflow", *ABS))
     return {"root": root, "out": out, "datalist": datalist, "log": proc.stdout + proc.stderr}
 
 
@@ -132,7 +134,7 @@ def test_resume_continues_from_checkpoint(trained, tmp_path):
     shutil.copytree(trained["out"], out)
     os.remove(os.path.join(out, "mlflow.db"))
     proc = bundle(*_train_args(out, "--datalist", trained["datalist"], "--max_iterations", "6", "--ckpt_interval", "2",
-                               "--val_interval", "0", "--log_interval", "1", "--resume", "true"))
+                               "--val_interval", "0", "--log_interval", "1", "--resume", "true", *ABS))
     log = proc.stdout + proc.stderr
     assert "resumed training at iteration 4" in log
     assert "iteration 5/6" in log and "iteration 1/6" not in log
@@ -154,7 +156,7 @@ def test_evaluation_metrics_scores_plots_and_bad_files(trained, tmp_path):
     ev = str(tmp_path / "eval")
     proc = bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *TINY,
                   "--model_dir", os.path.join(trained["out"], "models"), "--output_dir", str(tmp_path / "out"),
-                  "--eval_dir", ev, "--datalist", str(dl), check=False)
+                  "--eval_dir", ev, "--datalist", str(dl), *ABS, check=False)
     assert proc.returncode != 0, "unreadable inputs must make the run exit non-zero (after writing the results)"
     with open(os.path.join(ev, "errors.csv")) as f:
         errors = list(csv.DictReader(f))
@@ -171,6 +173,45 @@ def test_evaluation_metrics_scores_plots_and_bad_files(trained, tmp_path):
     assert len(rows) == 6 and {"path", "label", "score", "is_anomaly"} <= set(rows[0])
     for png in ("roc_curve.png", "score_histogram.png"):
         assert os.path.getsize(os.path.join(ev, png)) > 1000
+
+
+def test_absolute_paths_refused_by_default(trained, tmp_path):
+    proc = bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *TINY,
+                  "--model_dir", os.path.join(trained["out"], "models"), "--output_dir", str(tmp_path / "out"),
+                  "--eval_dir", str(tmp_path / "eval"), "--datalist", trained["datalist"], check=False)
+    assert proc.returncode != 0
+    assert "test[0].image is an absolute path" in proc.stdout + proc.stderr
+
+
+def test_training_refuses_unreadable_training_images(tmp_path):
+    datalist = _custom_datalist(str(tmp_path / "data"))
+    with open(datalist) as f:
+        data = json.load(f)
+    (tmp_path / "data" / "imgs" / "broken.png").write_bytes(b"not an image")
+    data["training"] += [{"image": "imgs/broken.png"}, {"image": "imgs/missing.png"}]
+    with open(datalist, "w") as f:
+        json.dump(data, f)
+    out = str(tmp_path / "run")
+    proc = bundle(*_train_args(out, "--datalist", datalist, "--max_iterations", "2", *ABS), check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, "training must not start on unreadable training images"
+    assert "2 of 8 training images are unreadable" in log
+    assert "broken.png" in log and "missing.png" in log
+    assert not os.path.exists(os.path.join(out, "models", "model.pt"))
+
+
+@pytest.mark.slow  # a tiny training run (~30 s on 2 CPU cores)
+def test_training_registers_model_with_alias(tmp_path):
+    import mlflow
+
+    datalist = _custom_datalist(str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    bundle(*_train_args(out, "--datalist", datalist, "--max_iterations", "2", "--val_interval", "0",
+                        "--ckpt_interval", "2", "--tracking_uri", uri, "--register_model_name", "scrd",
+                        "--register_model_alias", "champion", *ABS))
+    mv = mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias("scrd", "champion")
+    assert str(mv.version) == "1"
 
 
 def _write_inputs(folder) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 from monai_scrd.engines import (
     AnomalyInference,
     ErrorReport,
+    EvalCollate,
     MaxIterationsHandler,
     SafeDataset,
     ScoreCollector,
@@ -29,6 +30,7 @@ from monai_scrd.engines import (
     latest_checkpoint,
     list_inputs,
     load_datalist,
+    training_items,
     resolve_pretrained,
     resolve_resume,
     train_log_values,
@@ -148,18 +150,54 @@ def _png(path, size=(40, 50)):
 
 
 def test_datalist_paths_and_errors(tmp_path):
+    from monai_scrd.data import DataError
+
     _png(tmp_path / "a.png")
     dl = tmp_path / "dl.json"
-    dl.write_text(json.dumps({"training": [{"image": "a.png"}], "test": [{"image": "/abs/b.png", "label": 1}]}))
+    dl.write_text(json.dumps({"training": [{"image": "a.png"}], "test": [{"image": "b.png", "label": 1}]}))
     assert load_datalist(dl, "training") == [{"image": str(tmp_path / "a.png")}]
-    assert load_datalist(dl, "test")[0]["image"] == "/abs/b.png"
+    assert load_datalist(dl, "test")[0]["image"] == str(tmp_path / "b.png")
     assert load_datalist(dl, "validation", required=False) == []
-    with pytest.raises(ValueError, match="no 'validation' list"):
+    with pytest.raises(DataError, match="missing key 'validation'"):
         load_datalist(dl, "validation")
     dl.write_text(json.dumps({"training": [{"img": "a.png"}]}))
     with pytest.raises(ValueError, match=r"training\[0\] has no 'image'"):
         load_datalist(dl, "training")
     assert [os.path.basename(i["image"]) for i in list_inputs(str(tmp_path))] == ["a.png"]
+
+
+def test_datalist_absolute_paths_need_allow_absolute(tmp_path):
+    from monai_scrd.data import DataError
+
+    _png(tmp_path / "a.png")
+    dl = tmp_path / "sub" / "dl.json"
+    dl.parent.mkdir()
+    dl.write_text(json.dumps({"training": [{"image": str(tmp_path / "a.png")}], "test": [{"image": "../a.png", "label": 1}]}))
+    # the whole file is validated: the absolute training path is refused even when asking for another list
+    with pytest.raises(DataError, match=r"dl\.json: training\[0\]\.image is an absolute path"):
+        load_datalist(dl, "test")
+    with pytest.raises(DataError, match=r"training\[0\]\.image is an absolute path"):
+        list_inputs(str(dl), "training")
+    assert load_datalist(dl, "training", allow_absolute=True) == [{"image": str(tmp_path / "a.png")}]
+    assert load_datalist(dl, "test", allow_absolute="true")[0]["image"] == str(tmp_path / "a.png")  # ".." allowed too
+    assert [i["image"] for i in list_inputs(str(dl), "test", allow_absolute=True)] == [str(tmp_path / "a.png")]
+    dl.write_text(json.dumps({"test": [{"image": "../a.png", "label": 1}]}))
+    with pytest.raises(DataError, match="outside the dataset folder"):
+        load_datalist(dl, "test")
+
+
+def test_training_items_lists_all_unreadable_images(tmp_path):
+    from monai_scrd.data import DataError
+
+    _png(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": [{"image": "a.png"}, {"image": "bad.png"}, {"image": "missing.png"}]}))
+    with pytest.raises(DataError, match="2 of 3 training images are unreadable") as info:
+        training_items(dl)
+    assert "bad.png" in str(info.value) and "missing.png" in str(info.value)
+    dl.write_text(json.dumps({"training": [{"image": "a.png"}]}))
+    assert training_items(dl) == [{"image": str(tmp_path / "a.png")}]
 
 
 def test_safe_dataset_and_score_collector(tmp_path):
@@ -171,13 +209,21 @@ def test_safe_dataset_and_score_collector(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
     items = [{"image": p, "label": i % 2} for i, p in enumerate(good)] + [{"image": str(tmp_path / "bad.png"), "label": 1}]
     items.append({"image": _png(tmp_path / "n3.png"), "label": 1})
+    import monai_scrd.data
+
+    assert SafeDataset is monai_scrd.data.SafeDataset  # one SafeDataset, re-exported by engines
     ds = SafeDataset(items, preprocessing_transforms("image", 64), (3, 64, 64))
     assert ds[3]["error"] and ds[0]["error"] == "" and ds[0]["image"].shape == (3, 64, 64)
+    no_label = {k: v for k, v in ds[2].items() if k != "label"}  # collated as -1; extra keys are dropped
+    batch = EvalCollate((3, 64, 64))([no_label, {**ds[3], "extra": "x"}])
+    assert batch["label"].tolist() == [-1, 1] and batch["image"].shape == (2, 3, 64, 64)
+    assert [bool(e) for e in batch["error"]] == [False, True]
+    assert EvalCollate((3, 32, 32))([ds[0]])["error"][0].endswith("expected (3, 32, 32)")
     net = SCRD("efficientnet_lite0", pretrained=False)
     (tmp_path / "thr.json").write_text(json.dumps({"threshold": 0.5}))
     report = ErrorReport(str(tmp_path / "out" / "errors.csv"))
     collector = ScoreCollector("test", str(tmp_path / "out"), str(tmp_path / "thr.json"), error_report=report)
-    ev = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(ds, batch_size=2), network=net,
+    ev = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(ds, batch_size=2, collate_fn=EvalCollate((3, 64, 64))), network=net,
                              iteration_update=SCRDEvalStep(), val_handlers=[collector], decollate=False)
     ev.run()
     assert {"auroc", "average_precision", "f1", "accuracy"} <= set(ev.state.metrics)

@@ -1,6 +1,6 @@
 """MONAI/Ignite engines and handlers for training, evaluating and running SCRD (used by ``bundles/scrd``)."""
 
-from .evaluation import ErrorReport, SafeDataset, SCRDEvalStep
+from .evaluation import ErrorReport, EvalCollate, SafeDataset, SCRDEvalStep
 from .handlers import (
     MaxIterationsHandler,
     MLflowExtrasHandler,
@@ -23,6 +23,7 @@ from .utils import (
     list_inputs,
     load_datalist,
     load_model_weights,
+    training_items,
     resolve_pretrained,
     resolve_resume,
     unwrap,
@@ -32,6 +33,7 @@ __all__ = [
     "SCRDTrainStep",
     "SCRDEvalStep",
     "SafeDataset",
+    "EvalCollate",
     "ErrorReport",
     "MaxIterationsHandler",
     "MLflowExtrasHandler",
@@ -53,6 +55,7 @@ __all__ = [
     "latest_checkpoint",
     "list_inputs",
     "load_datalist",
+    "training_items",
     "resolve_pretrained",
     "resolve_resume",
     "unwrap",

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.data import Dataset
 
+from monai_scrd.data.robust import SafeDataset  # the one SafeDataset (re-exported here for the bundle configs)
 from monai_scrd.engines.utils import unwrap
 
-__all__ = ["SafeDataset", "SCRDEvalStep", "write_scores_csv", "write_errors_csv", "write_json", "ErrorReport"]
+__all__ = ["SafeDataset", "EvalCollate", "SCRDEvalStep", "write_scores_csv", "write_errors_csv", "write_json", "ErrorReport"]
 
 
 def _describe(path, exc: BaseException) -> str:
@@ -25,38 +25,44 @@ def _describe(path, exc: BaseException) -> str:
         return f"{path}: {type(exc).__name__}: {exc}"
 
 
-class SafeDataset(Dataset):
-    """MONAI ``Dataset`` that turns a failing item (missing/corrupt file, wrong shape...) into a placeholder instead
-    of stopping the run: ``{"image": zeros, "path": ..., "error": "<one line>", "label": -1 (or the item's)}``.
-    Good items get ``"path"`` and ``"error": ""``. The evaluation step skips placeholders and reports the errors.
+class EvalCollate:
+    """``collate_fn`` for evaluation loaders over :class:`monai_scrd.data.SafeDataset`: keeps the fixed keys
+    ``image``/``path``/``label``/``error`` (so items with different extra keys still collate), sets a missing or
+    non-integer label to -1, and turns a good item whose image is not ``placeholder_shape`` into a failed one.
 
     Args:
-        data: items ``{"image": path, ...}``.
-        transform: preprocessing (e.g. ``preprocessing_transforms``).
-        placeholder_shape: shape of the placeholder image, ``(C, H, W)``.
+        placeholder_shape: expected preprocessed shape ``(C, H, W)``; None: not checked.
     """
 
-    def __init__(self, data: Sequence[dict], transform: Callable | None, placeholder_shape: Sequence[int]) -> None:
-        super().__init__(data=data, transform=transform)
-        self.placeholder_shape = tuple(int(s) for s in placeholder_shape)
+    def __init__(self, placeholder_shape: Sequence[int] | None = None) -> None:
+        self.placeholder_shape = None if placeholder_shape is None else tuple(int(s) for s in placeholder_shape)
 
-    def _transform(self, index: int):
-        item = self.data[index]
-        path = str(item.get("image", ""))
-        label = int(item.get("label", -1)) if str(item.get("label", "")).lstrip("-").isdigit() else -1
+    def _item(self, item: dict) -> dict:
+        path = str(item.get("path", item.get("image", "")))
+        raw = item.get("label", -1)
         try:
-            image = dict(super()._transform(index))["image"]
-            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-            if tuple(image.shape) != self.placeholder_shape:
-                raise ValueError(f"preprocessed image has shape {tuple(image.shape)}, expected {self.placeholder_shape}")
-        except Exception as e:  # per-file isolation: record and go on
-            return {"image": torch.zeros(self.placeholder_shape), "path": path, "label": label, "error": _describe(path, e)}
-        # fixed keys only, so that items with different extra keys still collate
-        return {"image": image.float(), "path": path, "label": label, "error": ""}
+            label = int(raw) if not isinstance(raw, bool) and float(raw) == int(float(raw)) else -1
+        except (TypeError, ValueError):
+            label = -1
+        image = item["image"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image))
+        error = str(item.get("error", "") or "")
+        shape = self.placeholder_shape
+        if not error and shape is not None and tuple(image.shape) != shape:
+            error = _describe(path, ValueError(f"preprocessed image has shape {tuple(image.shape)}, expected {shape}"))
+        if error and shape is not None:
+            image = torch.zeros(shape)
+        return {"image": image.float(), "path": path, "label": label, "error": error}
+
+    def __call__(self, batch: Sequence[dict]) -> dict:
+        from torch.utils.data import default_collate
+
+        return default_collate([self._item(dict(b)) for b in batch])
 
 
 class SCRDEvalStep:
-    """Evaluator ``iteration_update``: anomaly maps and image scores for a batch from :class:`SafeDataset`.
+    """Evaluator ``iteration_update``: anomaly maps and image scores for a batch from :class:`monai_scrd.data.SafeDataset`
+    (collated with :class:`EvalCollate`).
 
     Output: ``{"score": [B] (nan for unreadable items), "label": [B], "path": [...], "error": [...], "pred": maps}``.
 

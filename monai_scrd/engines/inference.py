@@ -53,6 +53,7 @@ class AnomalyInference:
         save_heatmaps: write ``heatmaps/<name>.png``.
         save_nifti: write ``maps/<name>_anomaly_map.nii.gz`` for NIfTI inputs and volumes.
         error_report: :class:`ErrorReport` that collects per-file errors (one is made if None).
+        allow_absolute: for a datalist JSON input, accept absolute paths and paths leaving its folder.
     """
 
     def __init__(
@@ -66,8 +67,10 @@ class AnomalyInference:
         save_heatmaps: bool = True,
         save_nifti: bool = True,
         error_report: ErrorReport | None = None,
+        allow_absolute: bool = False,
     ) -> None:
         self.network = unwrap(network)
+        self.allow_absolute = allow_absolute
         self.output_dir = output_dir
         self.image_size = int(image_size)
         self.threshold_info = load_threshold(threshold_path)
@@ -154,7 +157,7 @@ class AnomalyInference:
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], dict):
             items = list(inputs)
         else:
-            items = list_inputs(inputs)
+            items = list_inputs(inputs, allow_absolute=self.allow_absolute)
         if not items:
             raise FileNotFoundError(f"no input images found in {inputs}")
         self.network.eval().to(self.device)

@@ -17,6 +17,7 @@ __all__ = [
     "is_rank0",
     "unwrap",
     "load_datalist",
+    "training_items",
     "list_inputs",
     "latest_checkpoint",
     "resolve_resume",
@@ -85,40 +86,97 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else network
 
 
-def load_datalist(datalist: str | os.PathLike, key: str, base_dir: str | None = None, required: bool = True) -> list[dict]:
-    """Items of ``key`` ("training", "validation", "test") in a MONAI datalist JSON, image paths made absolute
-    (relative paths are taken from ``base_dir``, default: the JSON's folder).
+def load_datalist(
+    datalist: str | os.PathLike,
+    key: str,
+    base_dir: str | None = None,
+    required: bool = True,
+    allow_absolute: bool = False,
+) -> list[dict]:
+    """Items of ``key`` ("training", "validation", "test") in a datalist JSON, read and checked by the validated
+    loader :func:`monai_scrd.data.load_datalist`; image paths are made absolute (relative paths are taken from
+    ``base_dir``, default: the JSON's folder).
+
+    Args:
+        datalist: the datalist JSON.
+        key: the list to return.
+        base_dir: folder relative image paths are resolved against (default: the JSON's folder).
+        required: raise when ``key`` is missing or empty (else return ``[]``).
+        allow_absolute: accept absolute paths and paths leaving the base folder (``..``, symbolic links); refused by
+            default (bundle override ``--allow_absolute_paths true``).
 
     Raises:
-        ValueError: the file is not a JSON datalist, the key is missing (when ``required``) or an item has no image.
+        DataError: (a ``ValueError``) with a one-line message naming the file and key/index: missing or invalid JSON,
+            unknown keys, items without ``image``, bad labels, refused paths, or ``key`` missing/empty when
+            ``required``.
     """
-    from monai.data import load_decathlon_datalist
+    from monai_scrd.data.datalist import load_datalist as _load_validated
 
-    datalist = os.fspath(datalist)
-    if not os.path.isfile(datalist):
-        raise FileNotFoundError(f"{datalist}: datalist file not found")
-    with open(datalist) as f:
-        try:
+    lists = _load_validated(
+        datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=(key,) if required else ()
+    )
+    return [dict(item) for item in lists.get(key, [])]
+
+
+def training_items(
+    datalist: str | os.PathLike, base_dir: str | None = None, allow_absolute: bool = False, check_files: bool = True
+) -> list[dict]:
+    """The datalist's ``training`` items (see :func:`load_datalist`), after checking that every training image can
+    be read (:func:`monai_scrd.data.check_training_files`): training refuses to start on bad data and names *all*
+    unreadable images at once.
+
+    Raises:
+        DataError: invalid datalist, no training images, or unreadable training images (one line each).
+    """
+    items = load_datalist(datalist, "training", base_dir=base_dir, required=True, allow_absolute=allow_absolute)
+    if check_files:
+        from monai_scrd.data.robust import check_training_files
+
+        check_training_files(items)
+    return items
+
+
+def _datalist_inputs(source: str, key: str, allow_absolute: bool) -> list[dict]:
+    """``[{"image": path}, ...]`` of a datalist JSON for scoring: its ``key`` list, else all lists. Labels are not
+    required (unlike :func:`load_datalist` for ``test``), but paths are checked the same way."""
+    from monai_scrd.data.datalist import DATALIST_KEYS, resolve_path
+    from monai_scrd.data.errors import DataError
+
+    if not os.path.isfile(source):
+        raise DataError(f"{source}: datalist file not found")
+    try:
+        with open(source, encoding="utf-8") as f:
             content = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{datalist}: not valid JSON ({e})") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{source}: cannot read datalist ({type(e).__name__}: {e})") from e
     if not isinstance(content, dict):
-        raise ValueError(f"{datalist}: expected a JSON object with 'training'/'validation'/'test' lists")
-    if key not in content or not content[key]:
-        if required:
-            raise ValueError(f"{datalist}: no {key!r} list (keys: {sorted(content)})")
-        return []
-    for i, item in enumerate(content[key]):
-        if not isinstance(item, dict) or "image" not in item:
-            raise ValueError(f"{datalist}: {key}[{i}] has no 'image' entry")
-    base = base_dir or os.path.dirname(os.path.abspath(datalist))
-    items = load_decathlon_datalist(datalist, is_segmentation=False, data_list_key=key, base_dir=base)
-    return [dict(item) for item in items]
+        raise DataError(f"{source}: top level is a JSON {type(content).__name__}; expected an object with keys "
+                        f"{', '.join(DATALIST_KEYS)}")
+    base = os.path.realpath(os.path.dirname(os.path.abspath(source)))
+    keys = [key] if content.get(key) else [k for k in DATALIST_KEYS if content.get(k)]
+    out = []
+    for k in keys:
+        items = content[k]
+        if not isinstance(items, list):
+            raise DataError(f"{source}: {k} is a JSON {type(items).__name__}; expected a list of {{\"image\": ...}} objects")
+        for i, item in enumerate(items):
+            where = f"{source}: {k}[{i}]"
+            if isinstance(item, str):
+                item = {"image": item}
+            if not isinstance(item, dict) or "image" not in item:
+                raise DataError(f"{where} has no 'image' entry")
+            out.append({**item, "image": resolve_path(item["image"], base, as_bool(allow_absolute), where=f"{where}.image")})
+    return out
 
 
-def list_inputs(source: str | os.PathLike | Sequence[str], key: str = "test") -> list[dict]:
+def list_inputs(
+    source: str | os.PathLike | Sequence[str], key: str = "test", allow_absolute: bool = False
+) -> list[dict]:
     """Images to score: a folder (searched recursively for PNG/JPEG/DICOM/NIfTI/...), a datalist JSON (its ``key``
-    list, falling back to all lists), a single image file, or a list of paths. Returns ``[{"image": path}, ...]``."""
+    list, falling back to all lists; paths as in :func:`load_datalist`, so absolute paths and paths leaving the JSON's
+    folder need ``allow_absolute``), a single image file, or a list of paths. Returns ``[{"image": path}, ...]``."""
     from monai_scrd.data.formats import is_image_file
 
     if isinstance(source, (list, tuple)):
@@ -129,10 +187,7 @@ def list_inputs(source: str | os.PathLike | Sequence[str], key: str = "test") ->
         images = [p for p in files if is_image_file(p) or os.path.splitext(p)[1] == ""]
         return [{"image": p} for p in images]
     if source.lower().endswith(".json"):
-        items = load_datalist(source, key, required=False)
-        if not items:
-            items = [i for k in ("training", "validation", "test") for i in load_datalist(source, k, required=False)]
-        return items
+        return _datalist_inputs(source, key, allow_absolute)
     return [{"image": source}]
 
 
