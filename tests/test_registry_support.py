@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import torch
+from test_data_utils import make_dicom as write_dicom
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLE = os.path.join(REPO, "bundles", "scrd")
@@ -94,29 +95,8 @@ def train_tiny_bundle(bundle_dir: str, iterations: int = 3, seed: int = 0) -> tu
 
 
 def make_dicom(path: str, stored: np.ndarray) -> str:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    stored = np.asarray(stored, dtype=np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.PatientName = "Test^Synthetic"
-    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.PixelData = stored.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """16-bit MONOCHROME2 DICOM with a rescale (slope 2, intercept -100) and 0.7 mm pixels."""
+    return write_dicom(path, stored, slope=2, intercept=-100, pixel_spacing=(0.7, 0.7))
 
 
 def make_images(folder: str, seed: int = 1) -> dict[str, str]:
