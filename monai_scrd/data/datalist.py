@@ -128,6 +128,25 @@ def validate_datalist(
     return out
 
 
+def read_json_file(path: str | os.PathLike, what: str = "datalist"):
+    """Parse a JSON file; a one-line ``DataError`` naming the file when it is missing, unreadable or not JSON.
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages (``"datalist"``, ``"split"``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from e
+
+
 def load_datalist(
     json_path: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,
@@ -153,15 +172,7 @@ def load_datalist(
     """
     json_path = os.fspath(json_path)
     name = json_path
-    if not os.path.isfile(json_path):
-        raise DataError(f"{name}: datalist file not found")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{name}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{name}: cannot read datalist ({type(e).__name__}: {e})") from e
+    data = read_json_file(json_path, "datalist")
     base = os.fspath(dataset_dir) if dataset_dir is not None else os.path.dirname(os.path.abspath(json_path))
     if not os.path.isdir(base):
         raise DataError(f"{name}: dataset folder {base} does not exist")

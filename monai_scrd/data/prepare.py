@@ -14,6 +14,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 
+from monai_scrd.data.datalist import read_json_file
 from monai_scrd.data.errors import DataError
 from monai_scrd.data.formats import IMAGE_EXTENSIONS, is_image_file
 
@@ -96,11 +97,7 @@ def build_from_split_json(split_json: str | os.PathLike, images_root: str | os.P
         raise DataError(f"{split_json}: split file not found")
     if not os.path.isdir(images_root):
         raise DataError(f"{images_root}: images root folder not found")
-    try:
-        with open(split_json, encoding="utf-8") as f:
-            split = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{split_json}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    split = read_json_file(split_json, "split")
     if not isinstance(split, dict):
         raise DataError(f"{split_json}: expected an object with 'train' and 'test'")
     wanted = [("train", "0"), ("test", "0"), ("test", "1")]

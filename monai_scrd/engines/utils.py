@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import glob
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -139,18 +138,10 @@ def training_items(
 def _datalist_inputs(source: str, key: str, allow_absolute: bool) -> list[dict]:
     """``[{"image": path}, ...]`` of a datalist JSON for scoring: its ``key`` list, else all lists. Labels are not
     required (unlike :func:`load_datalist` for ``test``), but paths are checked the same way."""
-    from monai_scrd.data.datalist import DATALIST_KEYS, resolve_path
+    from monai_scrd.data.datalist import DATALIST_KEYS, read_json_file, resolve_path
     from monai_scrd.data.errors import DataError
 
-    if not os.path.isfile(source):
-        raise DataError(f"{source}: datalist file not found")
-    try:
-        with open(source, encoding="utf-8") as f:
-            content = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{source}: cannot read datalist ({type(e).__name__}: {e})") from e
+    content = read_json_file(source, "datalist")
     if not isinstance(content, dict):
         raise DataError(f"{source}: top level is a JSON {type(content).__name__}; expected an object with keys "
                         f"{', '.join(DATALIST_KEYS)}")
