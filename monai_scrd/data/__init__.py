@@ -6,8 +6,7 @@ Attributes are imported lazily, so ``python -m monai_scrd.prepare`` starts witho
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from monai_scrd._lazy import lazy_exports
 
 _EXPORTS = {
     "errors": ["DataError"],
@@ -36,17 +35,4 @@ _EXPORTS = {
     ],
     "datalist": ["DATALIST_KEYS", "load_datalist", "validate_datalist", "resolve_path"],
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
