@@ -25,6 +25,36 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
+_PLAIN_OPENSIMPLEX_LOOP = """
+import time, numpy as np, opensimplex
+opensimplex.seed(3)
+opensimplex.noise2(0.5, 0.5)  # JIT compile / cache load outside the timing
+times = []
+for _ in range({calls}):
+    t0 = time.perf_counter()
+    field = np.zeros((32, 32))
+    amp, freq = 1.0, 1 / 16
+    for _ in range(6):
+        for i in range(32):
+            for j in range(32):
+                field[i, j] += amp * opensimplex.noise2(i * freq, j * freq)
+        amp, freq = amp * 0.6, freq * 2
+    patch = np.repeat(field[None].astype(np.float32), 3, axis=0)
+    times.append(time.perf_counter() - t0)
+print(*times)
+"""
+
+
+def plain_opensimplex_times(calls: int, disable_jit: bool) -> list[float]:
+    """Seconds per 6-octave 32x32 box from plain ``opensimplex.noise2`` in a per-pixel Python loop, in a fresh
+    process (``NUMBA_DISABLE_JIT`` must be set before numba is imported)."""
+    env = {**os.environ, **({"NUMBA_DISABLE_JIT": "1"} if disable_jit else {})}
+    res = subprocess.run([sys.executable, "-c", _PLAIN_OPENSIMPLEX_LOOP.format(calls=calls)], env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(res.stderr)
+    return [float(t) for t in res.stdout.split()]
+
+
 def _stats(times_s: list[float]) -> str:
     ms = np.asarray(times_s) * 1e3
     return f"median {np.median(ms):.3f} ms, p90 {np.percentile(ms, 90):.3f} ms over {len(ms)} calls"
@@ -73,30 +103,10 @@ def main() -> None:
 
     # baselines: plain opensimplex, per-pixel Python loop over one 32x32 box, 6-octave fractal sum (the
     # transform's work for its largest 256 px box), noise shared by the 3 channels of a 3x32x32 patch
-    timed = f"""
-import time, numpy as np, opensimplex
-opensimplex.seed(3)
-opensimplex.noise2(0.5, 0.5)  # JIT compile / cache load outside the timing
-times = []
-for _ in range({args.python_calls}):
-    t0 = time.perf_counter()
-    field = np.zeros((32, 32))
-    amp, freq = 1.0, 1 / 16
-    for _ in range(6):
-        for i in range(32):
-            for j in range(32):
-                field[i, j] += amp * opensimplex.noise2(i * freq, j * freq)
-        amp, freq = amp * 0.6, freq * 2
-    patch = np.repeat(field[None].astype(np.float32), 3, axis=0)
-    times.append(time.perf_counter() - t0)
-print(*times)
-"""
-    for label, env in [("without JIT (NUMBA_DISABLE_JIT=1)", {"NUMBA_DISABLE_JIT": "1"}), ("with JIT per point", {})]:
-        res = subprocess.run([sys.executable, "-c", timed], env={**os.environ, **env}, capture_output=True, text=True)
-        if res.returncode:
-            raise RuntimeError(res.stderr)
-        times = [float(t) for t in res.stdout.split()]
+    for label, disable_jit in [("without JIT (NUMBA_DISABLE_JIT=1)", True), ("with JIT per point", False)]:
+        times = plain_opensimplex_times(args.python_calls, disable_jit)
         print(f"opensimplex.noise2 Python pixel loop {label}, 6-octave 32x32 box: {_stats(times)}")
+
 
 if __name__ == "__main__":
     main()

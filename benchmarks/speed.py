@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from noise_speed import plain_opensimplex_times  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -76,24 +77,6 @@ def pretrained_for(backbone: str, smoke: bool) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- noise
-PLAIN_OPENSIMPLEX = """
-import time, numpy as np, opensimplex
-opensimplex.seed(3)
-times = []
-for _ in range({calls}):
-    t0 = time.perf_counter()
-    field = np.zeros((32, 32))
-    amp, freq = 1.0, 1 / 16
-    for _ in range(6):
-        for i in range(32):
-            for j in range(32):
-                field[i, j] += amp * opensimplex.noise2(i * freq, j * freq)
-        amp, freq = amp * 0.6, freq * 2
-    times.append(time.perf_counter() - t0)
-print(*times)
-"""
-
-
 def noise_speed(args) -> dict:
     from monai_scrd.transforms import RandSimplexNoised
 
@@ -111,9 +94,7 @@ def noise_speed(args) -> dict:
                 ts.append(time.perf_counter() - t0)
             out[f"RandSimplexNoised_{kind}_3x{size}x{size}"] = {"median_ms": 1e3 * float(np.median(ts)), "p90_ms": 1e3 * float(np.percentile(ts, 90)), "loadavg": load()}
     calls = 1 if args.smoke else 3
-    res = subprocess.run([sys.executable, "-c", PLAIN_OPENSIMPLEX.format(calls=calls)], env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
-                         capture_output=True, text=True, check=True)
-    ts = [float(t) for t in res.stdout.split()]
+    ts = plain_opensimplex_times(calls, disable_jit=True)
     out["opensimplex_noise2_python_loop_no_jit_32x32x6oct"] = {"median_ms": 1e3 * float(np.median(ts)), "p90_ms": 1e3 * float(max(ts)), "loadavg": load()}
     return out
 
