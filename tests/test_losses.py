@@ -79,3 +79,44 @@ def test_alpha_entropy_regulariser():
     regularised = ContrastiveReverseDistillationLoss(alpha_entropy_weight=0.5)(u, v, z, alpha)
     assert regularised.item() == pytest.approx(plain.item() - 0.5 * math.log(3), rel=1e-5)
     torch.testing.assert_close(alpha_entropy(torch.tensor([[1.0, 0.0, 0.0]])), torch.zeros(1))
+
+
+def test_distillation_term_adds_eq1_weighted_by_alpha():
+    u, v, z = _feats(11), _feats(12), _feats(13)
+    alpha = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    plain = ContrastiveReverseDistillationLoss()(u, v, z, alpha)
+    with_distill = ContrastiveReverseDistillationLoss(distillation_weight=0.5)(u, v, z, alpha)
+    eq1 = ReverseDistillationLoss()(u, v, alpha)  # per-location cosine, alpha-weighted, batch mean
+    assert with_distill.item() == pytest.approx(plain.item() + 0.5 * eq1.item(), rel=1e-5)
+
+
+def test_location_contrast_matches_hand_computation():
+    u, v, z = _feats(14), _feats(15), _feats(16)
+    alpha = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    eps = 1e-3
+    expected = 0.0
+    for b in range(2):
+        for k in range(3):
+            pull = 1 - F.cosine_similarity(u[k][b], v[k][b], dim=0)
+            push = 1 - F.cosine_similarity(z[k][b], v[k][b], dim=0)
+            expected += alpha[b, k].item() * (pull / (push + eps)).mean().item()
+    got = ContrastiveReverseDistillationLoss(eps=eps, contrast="location")(u, v, z, alpha)
+    assert got.item() == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_ratio_is_one_and_gradient_vanishes_where_noisy_equals_clean_teacher():
+    """Why the distillation term exists: with z == u the Eq. 4 ratio is 1 and gives the student no gradient."""
+    u, z = _feats(17), _feats(17)
+    v = [t.clone().requires_grad_(True) for t in _feats(18)]
+    loss = ContrastiveReverseDistillationLoss(eps=0.0)(u, v, z)
+    loss.backward()
+    assert loss.item() == pytest.approx(3.0, rel=1e-5)
+    assert max(float(t.grad.abs().max()) for t in v) < 1e-5
+    v2 = [t.detach().clone().requires_grad_(True) for t in v]
+    ContrastiveReverseDistillationLoss(eps=0.0, distillation_weight=1.0)(u, v2, z).backward()
+    assert max(float(t.grad.abs().max()) for t in v2) > 1e-3
+
+
+def test_unknown_contrast_mode_is_refused():
+    with pytest.raises(ValueError, match="contrast="):
+        ContrastiveReverseDistillationLoss(contrast="pixel")
