@@ -79,3 +79,54 @@ def test_smoothing_matches_scipy_gaussian_filter():
     smooth = AnomalyMapGenerator(sigma=4)(u, v, torch.ones(1, 1), (64, 64))
     expected = gaussian_filter(raw[0, 0].numpy(), sigma=4, mode="mirror")
     np.testing.assert_allclose(smooth[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_scale_head_floor_and_temperature():
+    from monai_scrd.networks import ScaleAdaptationHead
+
+    phi = torch.randn(4, 8, 2, 2)
+    bias = torch.tensor([20.0, 0.0, 0.0])  # a collapsed head: near one-hot softmax on scale 1
+    heads = {}
+    for name, kwargs in {"paper": {}, "floor": {"alpha_floor": 0.6}, "hot": {"temperature": 100.0}}.items():
+        heads[name] = ScaleAdaptationHead(8, 3, **kwargs)
+        with torch.no_grad():
+            heads[name].linear.bias.copy_(bias)
+    alpha = {name: head(phi) for name, head in heads.items()}
+    for a in alpha.values():
+        torch.testing.assert_close(a.sum(1), torch.ones(4))
+    assert float(alpha["paper"].amax(1).min()) > 0.99
+    assert float(alpha["floor"].min()) >= 0.6 / 3 - 1e-6
+    assert float(alpha["hot"].amax(1).max()) < float(alpha["paper"].amax(1).min())
+    with pytest.raises(ValueError):
+        ScaleAdaptationHead(8, 3, alpha_floor=1.5)
+    with pytest.raises(ValueError):
+        ScaleAdaptationHead(8, 3, temperature=0.0)
+
+
+def test_per_scale_calibration_standardises_each_scale():
+    from monai_scrd.scoring import AnomalyMapGenerator
+
+    torch.manual_seed(0)
+    gen = AnomalyMapGenerator(sigma=0.0, num_scales=3)
+    assert not gen.is_calibrated
+    u = [torch.randn(6, 4, s, s) for s in (8, 4, 2)]
+    v = [t + 0.3 * k * torch.randn_like(t) for k, t in enumerate(u, 1)]
+    raw = gen.scale_scores(u, v)
+    assert raw.shape == (6, 3)
+    gen.calibrate(raw)
+    assert gen.is_calibrated
+    alpha = torch.ones(6, 3)
+    score = image_score(gen(u, v, alpha, (16, 16)))
+    # bilinear upsampling keeps a map's mean up to border effects; calibrated scores are sums of per-scale z-scores
+    expected = ((raw - raw.mean(0)) / raw.std(0)).sum(1)
+    torch.testing.assert_close(score, expected, atol=0.15, rtol=0.0)
+    uniform = AnomalyMapGenerator(sigma=0.0, num_scales=3, scale_weighting="uniform")
+    uniform.load_state_dict(gen.state_dict())
+    one_hot = torch.tensor([[1.0, 0.0, 0.0]]).expand(6, 3)
+    torch.testing.assert_close(image_score(uniform(u, v, one_hot, (16, 16))), score / 3)
+    with pytest.raises(ValueError, match="at least 2 normal images"):
+        gen.calibrate(raw[:1])
+    with pytest.raises(ValueError, match="vary between images"):
+        gen.calibrate(torch.ones(4, 3))
+    with pytest.raises(ValueError, match="scale_weighting"):
+        AnomalyMapGenerator(scale_weighting="max")

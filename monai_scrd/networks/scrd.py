@@ -25,7 +25,11 @@ class SCRD(nn.Module):
         pretrained: teacher weights: ``True`` (ImageNet), a local checkpoint path, or ``False`` (random; tests).
         contrastive: train with the noisy-teacher contrastive loss (CRD, Eq. 2); training code reads this switch.
         scale_adaptive: learn per-image scale weights ``alpha`` (Eq. 3); when off, ``alpha`` is all ones.
-        sigma: Gaussian smoothing of the anomaly map.
+        sigma: Gaussian smoothing of the anomaly map (RD4AD's sigma 4).
+        alpha_temperature: softmax temperature of the scale head (1 = paper).
+        alpha_floor: uniform share mixed into alpha so that no scale falls below ``alpha_floor / K`` (0 = paper).
+        scale_weighting: how the anomaly map weighs the scales: ``"alpha"`` (paper) or ``"uniform"``
+            (see :class:`~monai_scrd.scoring.AnomalyMapGenerator`, also for the per-scale calibration).
     """
 
     def __init__(
@@ -35,6 +39,9 @@ class SCRD(nn.Module):
         contrastive: bool = True,
         scale_adaptive: bool = True,
         sigma: float = 4.0,
+        alpha_temperature: float = 1.0,
+        alpha_floor: float = 0.0,
+        scale_weighting: str = "alpha",
     ) -> None:
         super().__init__()
         self.contrastive = bool(contrastive)
@@ -46,8 +53,13 @@ class SCRD(nn.Module):
         self.decoder = StudentDecoder(
             self.bottleneck.out_channels, spec.channels, spec.blocks_per_stage, spec.block, spec.width_factor
         )
-        self.scale_head = ScaleAdaptationHead(self.bottleneck.out_channels, len(spec.channels)) if scale_adaptive else None
-        self.anomaly_map = AnomalyMapGenerator(sigma)
+        num_scales = len(spec.channels)
+        self.scale_head = (
+            ScaleAdaptationHead(self.bottleneck.out_channels, num_scales, alpha_temperature, alpha_floor)
+            if scale_adaptive
+            else None
+        )
+        self.anomaly_map = AnomalyMapGenerator(sigma, num_scales, scale_weighting)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -64,6 +76,12 @@ class SCRD(nn.Module):
         else:
             alpha = torch.ones(x.shape[0], len(u), dtype=phi.dtype, device=phi.device)
         return u, v, alpha
+
+    @torch.no_grad()
+    def scale_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-scale raw image scores ``[B, K]`` (see ``AnomalyMapGenerator.scale_scores``) and alpha ``[B, K]``."""
+        u, v, alpha = self.features(x)
+        return self.anomaly_map.scale_scores(u, v), alpha
 
     def forward(self, x: torch.Tensor):
         if self.training and not torch.jit.is_scripting():  # the scripted model is the inference graph

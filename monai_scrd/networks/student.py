@@ -114,17 +114,35 @@ class ScaleAdaptationHead(nn.Module):
 
     ``W`` starts at zero, so training starts from equal weights ``1 / num_scales``.
 
+    Trained through Eq. 4 alone, the head minimises ``sum_k alpha_k r_k`` and drives ``alpha`` to the one-hot of the
+    scale with the smallest ratio within tens of iterations, whatever the image (benchmarks/RESULTS.md); that scale then
+    dominates the anomaly map and the other scales' decoder stages stop being trained. Two options bound this:
+    ``temperature`` divides the logits (softer weights), ``alpha_floor`` mixes in a uniform share so that every scale
+    keeps at least ``alpha_floor / num_scales`` of the weight (``alpha = floor / K + (1 - floor) * softmax``).
+    Both at their defaults (1 and 0) give the paper's head.
+
     Args:
         in_channels: channels of ``phi``.
         num_scales: number of distillation scales ``K``.
+        temperature: softmax temperature (> 0).
+        alpha_floor: uniform share in [0, 1] mixed into ``alpha``.
     """
 
-    def __init__(self, in_channels: int, num_scales: int = 3) -> None:
+    def __init__(self, in_channels: int, num_scales: int = 3, temperature: float = 1.0, alpha_floor: float = 0.0) -> None:
         super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= alpha_floor <= 1.0:
+            raise ValueError(f"alpha_floor must lie in [0, 1], got {alpha_floor}")
+        self.temperature = float(temperature)
+        self.alpha_floor = float(alpha_floor)
         self.linear = nn.Linear(in_channels, num_scales)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, phi: torch.Tensor) -> torch.Tensor:
         pooled = torch.amax(phi, dim=(2, 3))  # global max pooling
-        return torch.softmax(self.linear(pooled), dim=1)
+        alpha = torch.softmax(self.linear(pooled) / self.temperature, dim=1)
+        if self.alpha_floor > 0:
+            alpha = self.alpha_floor / alpha.shape[1] + (1.0 - self.alpha_floor) * alpha
+        return alpha

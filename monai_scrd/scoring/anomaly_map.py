@@ -1,4 +1,4 @@
-"""Anomaly maps and image scores from teacher/student features (paper Sec. 2.4)."""
+"""Anomaly maps and image scores from teacher/student features (paper Sec. 2.4; Gaussian smoothing from RD4AD)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-__all__ = ["AnomalyMapGenerator", "image_score"]
+__all__ = ["AnomalyMapGenerator", "image_score", "SCALE_WEIGHTINGS"]
+
+SCALE_WEIGHTINGS = ("alpha", "uniform")
 
 
 class AnomalyMapGenerator(nn.Module):
     """Per-scale ``1 - cos(u_k, v_k)`` maps (cosine over channels at each location), weighted by ``alpha_k``,
-    upsampled bilinearly to the image size, summed over scales and smoothed with a Gaussian (sigma 4 in the paper).
+    upsampled bilinearly to the image size, summed over scales and smoothed with a Gaussian (sigma 4: RD4AD's
+    smoothing; SCRD's Sec. 2.4 names no smoothing).
+
+    Per-scale calibration (not in the paper): the raw distance maps of different scales have different typical sizes
+    and spreads, so an unweighted or alpha-weighted sum is dominated by whichever scale is largest, not by the one
+    that separates anomalies. After :meth:`calibrate` with the per-scale image scores of held-out NORMAL images, each
+    scale's map is standardised, ``(d_k - mean_k) / std_k``, before weighting; the image score (mean of the map) is then
+    a weighted sum of per-scale z-scores. Uncalibrated (mean 0, std 1) the maps are the paper's.
 
     The smoothing is torchvision's ``gaussian_blur`` with a kernel radius of 4 sigma and mirrored borders, which
     equals ``scipy.ndimage.gaussian_filter(..., mode="mirror")`` (RD4AD's reference smoothing, up to the border mode),
@@ -20,12 +29,42 @@ class AnomalyMapGenerator(nn.Module):
 
     Args:
         sigma: Gaussian smoothing sigma in pixels; 0 disables smoothing.
+        num_scales: number of feature scales (size of the calibration buffers).
+        scale_weighting: ``"alpha"`` (the paper: weights from the scale head, all ones without a head) or
+            ``"uniform"`` (``1 / K`` per scale, ignoring alpha when scoring).
     """
 
-    def __init__(self, sigma: float = 4.0) -> None:
+    def __init__(self, sigma: float = 4.0, num_scales: int = 3, scale_weighting: str = "alpha") -> None:
         super().__init__()
+        if scale_weighting not in SCALE_WEIGHTINGS:
+            raise ValueError(f"scale_weighting={scale_weighting!r} is not one of {SCALE_WEIGHTINGS}")
         self.sigma = float(sigma)
         self.kernel_size = 2 * int(round(4.0 * self.sigma)) + 1
+        self.scale_weighting = scale_weighting
+        # saved with the model, so every scorer applies the same calibration
+        self.register_buffer("scale_mean", torch.zeros(num_scales))
+        self.register_buffer("scale_std", torch.ones(num_scales))
+
+    @property
+    def is_calibrated(self) -> bool:
+        return bool(torch.any(self.scale_mean != 0) or torch.any(self.scale_std != 1))
+
+    @staticmethod
+    def scale_scores(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+        """Per-scale image scores ``[B, K]``: the mean over locations of each raw ``1 - cos`` map (uncalibrated,
+        unweighted; the mean of a bilinearly upsampled map equals it up to border effects)."""
+        return torch.stack([(1.0 - F.cosine_similarity(u, v, dim=1)).flatten(1).mean(1) for u, v in zip(teacher, student)], 1)
+
+    def calibrate(self, normal_scale_scores: torch.Tensor) -> None:
+        """Set the per-scale mean and std from :meth:`scale_scores` of held-out normal images ``[N, K]`` (N >= 2)."""
+        scores = torch.as_tensor(normal_scale_scores, dtype=torch.float32)
+        if scores.ndim != 2 or scores.shape[1] != self.scale_mean.numel() or scores.shape[0] < 2:
+            raise ValueError(f"need per-scale scores of at least 2 normal images, shape [N, {self.scale_mean.numel()}]; got {list(scores.shape)}")
+        std = scores.std(0)
+        if not bool(torch.all(torch.isfinite(scores))) or bool(torch.any(std <= 0)):
+            raise ValueError("per-scale scores of the calibration images must be finite and vary between images")
+        self.scale_mean.copy_(scores.mean(0))
+        self.scale_std.copy_(std)
 
     def smooth(self, amap: torch.Tensor) -> torch.Tensor:
         if self.sigma <= 0:
@@ -37,8 +76,11 @@ class AnomalyMapGenerator(nn.Module):
     ) -> torch.Tensor:
         """Return the anomaly map ``[B, 1, H, W]`` for features of an image of ``image_size`` (H, W)."""
         amap = torch.zeros(teacher[0].shape[0], 1, image_size[0], image_size[1], device=teacher[0].device)
+        if self.scale_weighting == "uniform":
+            alpha = torch.full_like(alpha, 1.0 / alpha.shape[1])
         for k, (u, v) in enumerate(zip(teacher, student)):
             dist = 1.0 - F.cosine_similarity(u, v, dim=1).unsqueeze(1)
+            dist = (dist - self.scale_mean[k]) / self.scale_std[k]
             dist = F.interpolate(dist, size=image_size, mode="bilinear", align_corners=False)
             amap = amap + alpha[:, k].view(-1, 1, 1, 1) * dist
         return self.smooth(amap)
