@@ -8,12 +8,17 @@ from monai.utils import CommonKeys
 
 from monai_scrd.engines.utils import unwrap
 
-__all__ = ["SCRDTrainStep", "alpha_metric_names", "train_log_values"]
+__all__ = ["SCRDTrainStep", "alpha_metric_names", "ratio_metric_names", "train_log_values"]
 
 
 def alpha_metric_names(num_scales: int = 3) -> list[str]:
     """Names of the per-scale alpha means in ``engine.state.metrics`` (scale 1 = finest, stride 4)."""
     return [f"alpha_{k + 1}" for k in range(num_scales)]
+
+
+def ratio_metric_names(num_scales: int = 3) -> list[str]:
+    """Names of the per-scale contrastive ratios ``pull / push`` (batch means) in ``engine.state.metrics``."""
+    return [f"ratio_{k + 1}" for k in range(num_scales)]
 
 
 class SCRDTrainStep:
@@ -26,7 +31,9 @@ class SCRDTrainStep:
     the trainer has ``amp=True`` on CUDA). Only the student side has trainable parameters (the teacher is frozen).
 
     The per-scale means of alpha are written to ``engine.state.metrics`` as ``alpha_1..alpha_K`` and, with the loss,
-    to ``engine.state.output`` (``[{"loss": ..., "alpha": [K]}]``) so StatsHandler / MLflow can log them.
+    to ``engine.state.output`` (``[{"loss": ..., "alpha": [K]}]``) so StatsHandler / MLflow can log them. For a
+    contrastive loss with ``scale_terms`` the per-scale ratios ``pull / push`` are recorded the same way
+    (``ratio_1..ratio_K``, ``"ratio"``): a ratio stuck near 1 means the push term does nothing.
     """
 
     def __init__(self, image_key: str = "image", noisy_key: str = "image_noisy") -> None:
@@ -56,9 +63,13 @@ class SCRDTrainStep:
         with torch.autocast("cuda", enabled=use_amp, **(engine.amp_kwargs if use_amp else {})):
             u, v, alpha = engine.network(x)  # training-mode forward = features(x)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            ratio = None
             if core.contrastive:
                 z = core.encode(x_noisy)
                 loss = engine.loss_function(u, v, z, alpha)
+                if hasattr(engine.loss_function, "scale_terms"):
+                    with torch.no_grad():
+                        ratio = engine.loss_function.scale_terms(u, v, z)[2].float().mean(dim=0).cpu()
             else:
                 loss = engine.loss_function(u, v, alpha)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
@@ -78,9 +89,13 @@ class SCRDTrainStep:
         alpha_mean = alpha.detach().float().mean(dim=0).cpu()
         for name, value in zip(alpha_metric_names(alpha_mean.numel()), alpha_mean.tolist()):
             engine.state.metrics[name] = value
+        output = {CommonKeys.LOSS: loss.detach(), "alpha": alpha_mean}
+        if ratio is not None:
+            output["ratio"] = ratio
+            engine.state.metrics.update(zip(ratio_metric_names(ratio.numel()), ratio.tolist()))
         # a one-item list of dicts, like MONAI's decollated outputs, so that the default
         # ``from_engine(["loss"], first=True)`` of StatsHandler/MLFlowHandler finds the loss
-        return [{CommonKeys.LOSS: loss.detach(), "alpha": alpha_mean}]
+        return [output]
 
 
 def train_log_values(output) -> dict:
@@ -89,4 +104,6 @@ def train_log_values(output) -> dict:
     out = output[0] if isinstance(output, (list, tuple)) else output
     values = {"loss": float(out[CommonKeys.LOSS])}
     values.update(zip(alpha_metric_names(len(out["alpha"])), (float(a) for a in out["alpha"])))
+    if "ratio" in out:
+        values.update(zip(ratio_metric_names(len(out["ratio"])), (float(r) for r in out["ratio"])))
     return values
