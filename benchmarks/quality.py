@@ -1,30 +1,30 @@
-"""Quality benchmark: the paper's Brain Tumor ablation (Table 2 rows + the Gaussian-noise row of Table 3), measured
-honestly on the official MedIAnomaly split.
+"""Quality benchmark: the paper's Brain Tumor ablation (Table 2 rows + the Gaussian-noise row of Table 3) and the
+candidate fixes of the scale head, measured honestly on the official MedIAnomaly split and its de-duplicated version.
+
+Every run trains through the product's training path: MONAI's ``SupervisedTrainer`` with
+``monai_scrd.engines.training.SCRDTrainStep`` (what the bundle runs), the model, loss and noise transform the bundle
+builds, and scores through the model's own anomaly map (``SCRD.forward`` in eval mode + ``image_score``).
 
 Protocol (no test label is used for any choice):
 - data: ``<data-root>`` (official split, see its MANIFEST.md), preprocessed once with
   ``monai_scrd.data.preprocessing_transforms`` (grayscale, resize, min-max to [0, 1]) and cached as uint8 ``.npy``.
 - training: ``--val-normals`` training normals (fixed choice, seed 0) are held out; the model trains on the others
-  for a FIXED number of iterations (Adam, lr 1e-3, betas (0.5, 0.999), as in the paper), batches drawn as
-  shuffled epochs.
-- scoring: mean of the anomaly map (paper). Metrics: AUROC, AP, F1/ACC at the best-F1 threshold (the paper's
-  protocol, which fits the threshold on the test labels) and F1/ACC at a threshold fitted WITHOUT test labels:
-  the ``--val-quantile`` quantile of the held-out normals' scores.
-- both the official test split and the de-duplicated one (88 test normals byte-identical to training normals
-  removed, ``splits/exact_duplicates.csv``).
-- the teacher is frozen and has no randomness, so its clean-image features are computed once per process and
-  reused (``--no-feature-cache`` recomputes them every step; identical numbers, slower). The noisy-teacher
-  pass runs every step on freshly synthesised anomalies.
+  for a FIXED number of iterations (Adam, lr 1e-3, betas (0.5, 0.999), as in the paper), shuffled epochs.
+- scoring: mean of the anomaly map (paper). Rows with per-scale calibration fit it on the held-out normals only.
+  Metrics: AUROC, AP, F1/ACC at the best-F1 threshold (the paper's protocol, fitted on the test labels) and F1/ACC at
+  a threshold fitted WITHOUT test labels: the ``--val-quantile`` quantile of the held-out normals' scores.
+- every run also stores the per-scale image scores (mean of each raw ``1 - cos`` map) of the held-out normals and
+  the test images, and alpha, so that single-scale AUROCs and other scale weightings can be reported from the JSON.
+- at every ``--eval-every`` iterations: test AUROC (reported only, never used for a choice) and, when available, the
+  label-free synthetic-anomaly validation AUROC (``monai_scrd.engines.selection``), to compare best-of and last.
 
 Every finished run is written at once to ``<out-dir>/<tag>/<row>_seed<k>.json`` (partial results survive).
 ``--report`` rebuilds ``benchmarks/RESULTS.md`` from all JSON files under ``benchmarks/results``.
 
     python benchmarks/quality.py --quick            # < 15 min on 2 CPU cores, prints a table
-    python benchmarks/quality.py                    # the full CPU run recorded in RESULTS.md
+    python benchmarks/quality.py --device cuda --iterations 1500 --workers 8     # the recorded GPU run
+    python benchmarks/quality.py --variant legacy   # the same rows with the pre-fix noise and decoder
     python benchmarks/quality.py --report           # regenerate RESULTS.md from the JSON files
-    # paper teacher on a GPU (needs the torchvision WRN50-2 ImageNet checkpoint file):
-    python benchmarks/quality.py --backbone wide_resnet50_2 --pretrained-weights wrn50.pth --device cuda \\
-        --image-size 256 --batch-size 16 --iterations 4000 --no-feature-cache
 """
 
 from __future__ import annotations
@@ -45,34 +45,48 @@ import torch  # noqa: E402
 
 from monai_scrd.losses import alpha_entropy, build_loss  # noqa: E402
 from monai_scrd.networks import SCRD  # noqa: E402
-from monai_scrd.scoring import detection_metrics, image_score, threshold_metrics  # noqa: E402
+from monai_scrd.scoring.anomaly_map import image_score  # noqa: E402
+from monai_scrd.scoring.metrics import detection_metrics, threshold_metrics  # noqa: E402
 
+CONTRASTIVE = dict(contrastive=True, scale_adaptive=False)
+ADAPTIVE = dict(contrastive=True, scale_adaptive=True)
 ROWS: dict[str, dict] = {
-    # name: model switches + loss options + noise type
-    "rd4ad": dict(contrastive=False, scale_adaptive=False, label="RD4AD (Eq. 1)"),
-    "rd4ad_scale3": dict(
-        contrastive=False, scale_adaptive=False, fixed_alpha=(0.0, 0.0, 1.0),
-        label="RD4AD, fixed alpha = (0, 0, 1) (control: coarsest scale only, no contrast)",
-    ),
-    "crd": dict(contrastive=True, scale_adaptive=False, label="+ contrastive (CRD, Eq. 2)"),
-    "crd_scale3": dict(
-        contrastive=True, scale_adaptive=False, fixed_alpha=(0.0, 0.0, 1.0),
-        label="CRD, fixed alpha = (0, 0, 1) (control: what a collapsed head computes)",
-    ),
-    "scrd_eq4": dict(contrastive=True, scale_adaptive=True, label="+ scale adaptation, Eq. 4 (sum of ratios)"),
-    "scrd_alg2": dict(contrastive=True, scale_adaptive=True, ratio_of_sums=True, label="+ scale adaptation, Algorithm 2 (ratio of sums)"),
-    "scrd_alg2_ent": dict(
-        contrastive=True, scale_adaptive=True, ratio_of_sums=True, alpha_entropy_weight=0.1,
-        label="Algorithm 2 + alpha entropy bonus 0.1",
-    ),
-    "scrd_alg2_ent001": dict(
-        contrastive=True, scale_adaptive=True, ratio_of_sums=True, alpha_entropy_weight=0.01,
-        label="Algorithm 2 + alpha entropy bonus 0.01",
-    ),
-    "scrd_eq4_ent": dict(
-        contrastive=True, scale_adaptive=True, alpha_entropy_weight=0.1, label="Eq. 4 + alpha entropy bonus 0.1",
-    ),
-    "scrd_eq4_gauss": dict(contrastive=True, scale_adaptive=True, noise_type="gaussian", label="SCRD Eq. 4, Gaussian noise (Table 3)"),
+    # name: model switches ("model"), loss options ("loss"), noise options ("noise"), per-scale calibration ("calibrate")
+    "rd4ad": dict(model=dict(contrastive=False, scale_adaptive=False), label="RD4AD (Eq. 1)"),
+    "crd": dict(model=CONTRASTIVE, label="+ contrastive (CRD, Eq. 2)"),
+    "scrd_eq4": dict(model=ADAPTIVE, label="+ scale adaptation, Eq. 4 (sum of ratios)"),
+    "scrd_alg2": dict(model=ADAPTIVE, loss=dict(ratio_of_sums=True), label="+ scale adaptation, Algorithm 2 (ratio of sums)"),
+    "scrd_eq4_gauss": dict(model=ADAPTIVE, noise=dict(noise_type="gaussian"), label="SCRD Eq. 4, Gaussian noise (Table 3)"),
+    # candidates for a default that does not depend on which scale the head collapses to (issue 10)
+    "rd4ad_cal": dict(model=dict(contrastive=False, scale_adaptive=False, scale_weighting="uniform"), calibrate=True,
+                      label="RD4AD + per-scale calibration (z-scores on held-out normals, mean over scales)"),
+    "scrd_floor_cal": dict(model=dict(ADAPTIVE, alpha_floor=0.5, scale_weighting="uniform"), calibrate=True,
+                           label="Eq. 4, alpha floor 0.5 + calibration"),
+    "scrd_distill_cal": dict(model=dict(ADAPTIVE, alpha_floor=0.5, scale_weighting="uniform"), calibrate=True,
+                             loss=dict(distillation_weight=1.0),
+                             label="Eq. 4 + distillation term, alpha floor 0.5 + calibration"),
+    "scrd_loc_cal": dict(model=dict(ADAPTIVE, alpha_floor=0.5, scale_weighting="uniform"), calibrate=True,
+                         loss=dict(distillation_weight=1.0, contrast="location"),
+                         label="per-location Eq. 4 + distillation term, alpha floor 0.5 + calibration"),
+}
+# rows of earlier runs (kept JSON), for the report
+LEGACY_LABELS = {
+    "rd4ad_scale3": "RD4AD, fixed alpha = (0, 0, 1) (control: coarsest scale only, no contrast)",
+    "crd_scale3": "CRD, fixed alpha = (0, 0, 1) (control: what a collapsed head computes)",
+    "scrd_alg2_ent": "Algorithm 2 + alpha entropy bonus 0.1",
+    "scrd_alg2_ent001": "Algorithm 2 + alpha entropy bonus 0.01",
+    "scrd_eq4_ent": "Eq. 4 + alpha entropy bonus 0.1",
+}
+LABELS = {**{k: v["label"] for k, v in ROWS.items()}, **LEGACY_LABELS}
+ORDER = [*ROWS, *LEGACY_LABELS]
+# the pre-fix behaviour, one switch at a time: normalised octave sum at 1/16 cycle/px, one field for all channels
+# (noise) and the compact decoder (networks)
+LEGACY_NOISE = dict(normalize=True, frequency=1 / 16, per_channel=False)
+VARIANTS = {
+    "reference": dict(),
+    "legacy_noise": dict(noise=LEGACY_NOISE),
+    "legacy_decoder": dict(model=dict(decoder="compact")),
+    "legacy": dict(noise=LEGACY_NOISE, model=dict(decoder="compact")),
 }
 PAPER = {  # Brain Tumor, WRN50-2, 256 px, 4000 it x 16 (Tables 2 and 3): AUC, F1, ACC in %
     "rd4ad": (90.52, 87.24, 85.67),
@@ -90,8 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=C.DEFAULT_CACHE_DIR)
     p.add_argument("--out-dir", type=Path, default=C.RESULTS_DIR / "quality")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--variant", choices=list(VARIANTS), default="reference",
+                   help="reference = the fixed noise and decoder; legacy* = the pre-fix behaviour, one switch at a time")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -99,12 +115,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained-weights", default=None, help="teacher checkpoint path (default: ImageNet weights, offline only for Lite0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--val-normals", type=int, default=100, help="training normals held out to fit the operating threshold")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel processes (e.g. several per GPU)")
+    p.add_argument("--val-normals", type=int, default=100, help="training normals held out (threshold, calibration, validation)")
     p.add_argument("--val-quantile", type=float, default=0.95)
     p.add_argument("--test-per-group", type=int, default=None, help="use the first N (seeded shuffle) of each test group")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=250, help="test AUROC / synthetic validation every N iterations (0: off)")
     p.add_argument("--eval-batch", type=int, default=50)
-    p.add_argument("--no-feature-cache", action="store_true")
     p.add_argument("--tag", default=None, help="results sub-folder (default: from the configuration)")
     p.add_argument("--quick", action="store_true", help="1 seed, 4 rows, 60 iterations, 150 test images per group")
     p.add_argument("--smoke", action="store_true", help="toy run for tests: 2 iterations, 8 images, 64 px")
@@ -113,15 +130,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.seeds, args.iterations, args.test_per_group = QUICK_ROWS, [0], 60, 150
+        args.eval_every = 0
         args.tag = args.tag or "quick"
     if args.smoke:
-        args.rows = [r for r in args.rows if r in ("rd4ad", "scrd_alg2")] if args.rows == list(ROWS) else args.rows
+        args.rows = [r for r in args.rows if r in ("rd4ad", "scrd_distill_cal")] if args.rows == list(ROWS) else args.rows
         args.seeds, args.iterations, args.batch_size, args.image_size = [0], 2, 4, 64
-        args.test_per_group, args.val_normals, args.log_every, args.eval_batch = None, 2, 1, 4
+        args.test_per_group, args.val_normals, args.log_every, args.eval_batch, args.eval_every = None, 4, 1, 4, 1
         args.tag = args.tag or "smoke"
     if args.tag is None:
         bb = {"efficientnet_lite0": "lite0", "wide_resnet50_2": "wrn50"}.get(args.backbone, args.backbone)
         args.tag = f"{bb}_{args.image_size}px_{args.iterations}it_bs{args.batch_size}"
+        if args.variant != "reference":
+            args.tag += f"_{args.variant}"
     return args
 
 
@@ -155,55 +175,21 @@ def to_tensor(images: np.ndarray, idx) -> torch.Tensor:
     return torch.from_numpy(images[np.asarray(idx)]).float().div_(255.0).unsqueeze(1)
 
 
-def student(model: SCRD, u: list[torch.Tensor]):
-    """``model.features`` given the teacher features ``u`` (the same computation; checked in the smoke test)."""
-    phi = model.bottleneck(u)
-    v = model.decoder(phi)
-    alpha = model.scale_head(phi) if model.scale_head is not None else torch.ones(u[0].shape[0], len(u), dtype=phi.dtype, device=phi.device)
-    return v, alpha
-
-
-class FeatureCache:
-    """Clean-image teacher features for the images in ``indices``, computed once (the teacher is frozen)."""
-
-    def __init__(self, model: SCRD, images: np.ndarray, indices, device, batch: int = 50) -> None:
-        self.pos = {int(i): k for k, i in enumerate(indices)}
-        chunks = []
-        with torch.no_grad():
-            for s in range(0, len(indices), batch):
-                u = model.encode(to_tensor(images, indices[s : s + batch]).to(device))
-                chunks.append([t.cpu() for t in u])
-        self.feats = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
-
-    def get(self, idx, device) -> list[torch.Tensor]:
-        rows = torch.as_tensor([self.pos[int(i)] for i in idx])
-        return [f.index_select(0, rows).to(device) for f in self.feats]
-
-
-_SHARED_CACHE: dict = {}
-
-
-def teacher_features(args, model, data, device):
-    if args.no_feature_cache:
-        return None
-    key = (args.backbone, str(args.pretrained_weights), args.image_size)
-    if not args.pretrained and not args.pretrained_weights:
-        key = None  # random teacher differs per seed: no sharing
-    if key is not None and key in _SHARED_CACHE:
-        return _SHARED_CACHE[key]
-    t0 = time.perf_counter()
-    cache = FeatureCache(model, data["images"], sorted(set(data["train"]) | set(data["val"]) | set(data["test"])), device)
-    print(f"  teacher feature cache: {time.perf_counter() - t0:.1f} s", flush=True)
-    if key is not None:
-        _SHARED_CACHE[key] = cache
-    return cache
-
-
 # ----------------------------------------------------------------------------------------------- runs
-def make_model(args, row: dict, device) -> SCRD:
+def row_config(name: str, variant: str) -> dict:
+    """The row's model/loss/noise options with the variant's overrides applied."""
+    row, over = ROWS[name], VARIANTS[variant]
+    return {
+        "model": {**row.get("model", {}), **over.get("model", {})},
+        "loss": dict(row.get("loss", {})),
+        "noise": {**row.get("noise", {}), **over.get("noise", {})},
+        "calibrate": bool(row.get("calibrate", False)),
+    }
+
+
+def make_model(args, cfg: dict, device) -> SCRD:
     pretrained = args.pretrained_weights if args.pretrained_weights else args.pretrained
-    model = SCRD(args.backbone, pretrained, contrastive=row["contrastive"], scale_adaptive=row["scale_adaptive"])
-    return model.to(device)
+    return SCRD(args.backbone, pretrained, **cfg["model"]).to(device)
 
 
 def alpha_summary(alpha: torch.Tensor) -> dict:
@@ -218,119 +204,148 @@ def alpha_summary(alpha: torch.Tensor) -> dict:
     }
 
 
-def _fixed(alpha: torch.Tensor, fixed) -> torch.Tensor:
-    return alpha if fixed is None else torch.as_tensor(fixed, dtype=alpha.dtype, device=alpha.device).expand_as(alpha)
-
-
-def evaluate(model, data, idx, cache, device, batch, fixed_alpha=None) -> tuple[np.ndarray, torch.Tensor]:
+@torch.no_grad()
+def score_images(model: SCRD, images: np.ndarray, idx, device, batch: int) -> dict:
+    """The product's scores (eval forward = anomaly map, then its mean) plus per-scale raw scores and alpha."""
     model.eval()
-    scores, alphas = [], []
-    size = data["images"].shape[-1]
-    with torch.no_grad():
-        for s in range(0, len(idx), batch):
-            chunk = idx[s : s + batch]
-            u = cache.get(chunk, device) if cache is not None else model.encode(to_tensor(data["images"], chunk).to(device))
-            v, alpha = student(model, u)
-            alpha = _fixed(alpha, fixed_alpha)
-            amap = model.anomaly_map(u, v, alpha, (size, size))
-            scores.append(image_score(amap).cpu().numpy())
-            alphas.append(alpha.cpu())
-    return np.concatenate(scores), torch.cat(alphas)
+    scores, scale_scores, alphas = [], [], []
+    for s in range(0, len(idx), batch):
+        x = to_tensor(images, idx[s : s + batch]).to(device)
+        per_scale, alpha = model.scale_scores(x)
+        scores.append(image_score(model(x)).float().cpu())
+        scale_scores.append(per_scale.float().cpu())
+        alphas.append(alpha.float().cpu())
+    model.train()
+    return {"score": torch.cat(scores).numpy(), "scale": torch.cat(scale_scores).numpy(), "alpha": torch.cat(alphas)}
+
+
+def _auroc(labels, scores) -> float:
+    return float(detection_metrics(labels, scores)["auroc"])
+
+
+def _synthetic_validation(model, normals: torch.Tensor, seed: int) -> dict | None:
+    """Label-free validation AUROC on synthetic anomalies, when the product provides it."""
+    try:
+        from monai_scrd.engines.selection import synthetic_validation_metrics
+    except ImportError:
+        return None
+    return synthetic_validation_metrics(model, normals, seed=seed)
 
 
 def run_one(args, name: str, seed: int, data: dict, device) -> dict:
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+
+    from monai_scrd.engines.training import SCRDTrainStep, train_log_values
     from monai_scrd.transforms import RandSimplexNoised
 
-    row = ROWS[name]
+    cfg = row_config(name, args.variant)
     torch.manual_seed(seed)
     np.random.seed(seed)
-    model = make_model(args, row, device)
-    cache = teacher_features(args, model, data, device)
-    loss_fn = build_loss(row["contrastive"], ratio_of_sums=row.get("ratio_of_sums", False),
-                         alpha_entropy_weight=row.get("alpha_entropy_weight", 0.0))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.999))
-    noise = RandSimplexNoised(keys="image", intensity=0.2, noise_type=row.get("noise_type", "simplex"))
+    model = make_model(args, cfg, device)
+    loss_fn = build_loss(cfg["model"]["contrastive"], **cfg["loss"])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.5, 0.999))
+    noise = RandSimplexNoised(keys="image", intensity=0.2, **cfg["noise"])
     noise.set_random_state(seed)
-    rng = np.random.default_rng(seed)
-    train = np.asarray(data["train"])
-    order, pos = rng.permutation(train), 0
-    log, t_load, t_step = [], 0.0, 0.0
-    model.train()
+    train_images = to_tensor(data["images"], data["train"])
+    dataset = Dataset([{"image": img} for img in train_images], transform=noise)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(seed))
+    trainer = SupervisedTrainer(
+        device=device, max_epochs=math.ceil(args.iterations / len(loader)), train_data_loader=loader, network=model,
+        optimizer=opt, loss_function=loss_fn, iteration_update=SCRDTrainStep(), decollate=False,
+    )
+    trainer.logger.setLevel("WARNING")  # no per-epoch lines; this script prints its own progress
+    val_normals = to_tensor(data["images"], data["val"])
+    labels = data["labels"]
+    log, checkpoints = [], []
     t_start = time.perf_counter()
-    for it in range(1, args.iterations + 1):
-        t0 = time.perf_counter()
-        if pos + args.batch_size > len(order):
-            order, pos = rng.permutation(train), 0
-        idx = order[pos : pos + args.batch_size]
-        pos += args.batch_size
-        x = to_tensor(data["images"], idx)
-        xn = torch.stack([noise({"image": xi})["image_noisy"] for xi in x]) if row["contrastive"] else None
-        t1 = time.perf_counter()
-        u = cache.get(idx, device) if cache is not None else model.encode(x.to(device))
-        v, alpha = student(model, u)
-        alpha = _fixed(alpha, row.get("fixed_alpha"))
-        if row["contrastive"]:
-            z = model.encode(torch.as_tensor(xn).to(device))
-            loss = loss_fn(u, v, z, alpha)
-        else:
-            loss = loss_fn(u, v, alpha if (row["scale_adaptive"] or row.get("fixed_alpha")) else None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        t2 = time.perf_counter()
-        t_load += t1 - t0
-        t_step += t2 - t1
-        if it % args.log_every == 0 or it == 1 or it == args.iterations:
-            entry = {"iteration": it, "loss": round(float(loss.detach()), 6), "elapsed_s": round(t2 - t_start, 2)}
-            if row["scale_adaptive"]:
-                entry.update(alpha_summary(alpha))
-            log.append(entry)
-            print(f"  [{name} seed {seed}] it {it}/{args.iterations} loss {float(loss.detach()):.4f}"
-                  + (f" alpha {entry['alpha_mean']} H {entry['entropy_mean']:.3f}" if row["scale_adaptive"] else "")
-                  + f" {t2 - t_start:.0f}s", flush=True)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=args.iterations))
+    def _stop(engine):
+        engine.terminate()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _log(engine):
+        it = engine.state.iteration
+        if not (it % args.log_every == 0 or it == 1 or it == args.iterations):
+            return
+        entry = {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 2)}
+        entry.update({k: round(v, 6) for k, v in train_log_values(engine.state.output).items()})
+        if model.scale_head is not None:
+            w = model.scale_head.linear.weight
+            entry["head_grad_norm"] = round(float(w.grad.norm()) if w.grad is not None else 0.0, 6)
+            entry["head_weight_norm"] = round(float(w.detach().norm()), 6)
+        log.append(entry)
+        print(f"  [{name} seed {seed}] it {it}/{args.iterations} "
+              + " ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("iteration",)), flush=True)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _checkpoint_eval(engine):
+        it = engine.state.iteration
+        if not args.eval_every or not (it % args.eval_every == 0 or it == args.iterations):
+            return
+        test = score_images(model, data["images"], data["test"], device, args.eval_batch)
+        entry = {"iteration": it,
+                 "test_auroc_reported_only": round(_auroc(labels, test["score"]), 5),
+                 "test_auroc_per_scale_reported_only": [round(_auroc(labels, test["scale"][:, k]), 5) for k in range(test["scale"].shape[1])]}
+        synthetic = _synthetic_validation(model, val_normals.to(device), seed=0)
+        if synthetic is not None:
+            entry["synthetic_validation"] = {k: (round(float(v), 5) if isinstance(v, (float, int)) else v) for k, v in synthetic.items()}
+        checkpoints.append(entry)
+
+    trainer.run()
     train_s = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    fa = row.get("fixed_alpha")
-    val_scores, _ = evaluate(model, data, data["val"], cache, device, args.eval_batch, fa)
-    test_scores, test_alpha = evaluate(model, data, data["test"], cache, device, args.eval_batch, fa)
+    val = score_images(model, data["images"], data["val"], device, args.eval_batch)
+    if cfg["calibrate"]:
+        model.anomaly_map.calibrate(torch.from_numpy(val["scale"]))
+        val = score_images(model, data["images"], data["val"], device, args.eval_batch)
+    test = score_images(model, data["images"], data["test"], device, args.eval_batch)
     eval_s = time.perf_counter() - t0
-    thr = float(np.quantile(val_scores, args.val_quantile))
-    labels, dedup = data["labels"], data["dedup_mask"]
+    thr = float(np.quantile(val["score"], args.val_quantile))
+    dedup = data["dedup_mask"]
     metrics = {}
     for split_name, mask in (("official", np.ones_like(dedup)), ("dedup", dedup)):
-        y, s = labels[mask], test_scores[mask]
+        y, s = labels[mask], test["score"][mask]
         m = detection_metrics(y, s)
         m["val_threshold"] = threshold_metrics(y, s, thr)
         for g in ("glioma", "meningioma"):
             gm = np.array([p.startswith(f"test/{g}/") or p.startswith("test/normal/") for p in data["test_paths"]]) & mask
-            m[f"auroc_{g}"] = detection_metrics(labels[gm], test_scores[gm])["auroc"]
+            m[f"auroc_{g}"] = detection_metrics(labels[gm], test["score"][gm])["auroc"]
+        m["auroc_per_scale"] = [_auroc(y, test["scale"][mask, k]) for k in range(test["scale"].shape[1])]
         metrics[split_name] = m
-    out = {
+    adaptive = model.scale_head is not None
+    return {
         "row": name,
-        "label": row["label"],
+        "label": LABELS[name],
+        "variant": args.variant,
         "seed": seed,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("report",)},
-        "row_config": row,
+        "row_config": cfg,
         "n_train": len(data["train"]),
         "n_val": len(data["val"]),
         "n_test": len(data["test"]),
         "train_seconds": round(train_s, 2),
         "seconds_per_iteration": round(train_s / args.iterations, 4),
-        "load_share": round(t_load / max(t_load + t_step, 1e-9), 4),
         "eval_seconds": round(eval_s, 2),
         "metrics": metrics,
-        "alpha_test": {"normal": alpha_summary(test_alpha[torch.as_tensor(labels == 0)]),
-                       "anomalous": alpha_summary(test_alpha[torch.as_tensor(labels == 1)])} if row["scale_adaptive"] else None,
+        "checkpoints": checkpoints,
+        "alpha_test": {"normal": alpha_summary(test["alpha"][torch.as_tensor(labels == 0)]),
+                       "anomalous": alpha_summary(test["alpha"][torch.as_tensor(labels == 1)])} if adaptive else None,
+        "scale_calibration": {"mean": model.anomaly_map.scale_mean.tolist(), "std": model.anomaly_map.scale_std.tolist()},
         "train_log": log,
-        "val_scores": [round(float(s), 6) for s in val_scores],
-        "test_scores": [round(float(s), 6) for s in test_scores],
+        "val_scores": [round(float(s), 6) for s in val["score"]],
+        "test_scores": [round(float(s), 6) for s in test["score"]],
+        "val_scale_scores": np.round(val["scale"], 6).tolist(),
+        "test_scale_scores": np.round(test["scale"], 6).tolist(),
+        "test_alpha": np.round(test["alpha"].numpy(), 5).tolist() if adaptive else None,
         "test_paths": data["test_paths"],
         "machine": C.machine_info(),
         "peak_rss_mib": round(C.peak_rss_mib(), 1),
     }
-    return out
 
 
 def shortcut_check(args, data) -> dict:
@@ -746,15 +761,37 @@ def print_table(results: list[dict]) -> None:
               f"{100 * d['auroc']:.2f} | {ent} | {r['seconds_per_iteration']:.2f} |")
 
 
+def _run_and_write(job) -> dict:
+    """One (row, seed) run, written to its JSON at once. Also the entry point of worker processes."""
+    args, name, seed, data = job
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if data is None:  # worker process: the image cache is already on disk
+        data = build_data(args)
+    path = args.out_dir / args.tag / f"{name}_seed{seed}.json"
+    t1 = time.perf_counter()
+    res = run_one(args, name, seed, data, device)
+    C.write_json(path, res)
+    m = res["metrics"]["official"]
+    print(f"[{name} seed {seed}] AUROC {100 * m['auroc']:.2f} AP {100 * m['average_precision']:.2f} "
+          f"F1@val {100 * m['val_threshold']['f1']:.2f} per-scale {[round(100 * a, 1) for a in m['auroc_per_scale']]} "
+          f"| {time.perf_counter() - t1:.0f} s -> {path}", flush=True)
+    return res
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.report:
         write_report(args)
         return []
     args.pretrained = not args.smoke  # smoke test: random teacher (fast, no weights needed)
+    if args.workers > 1 and not args.threads:
+        import os
+
+        args.threads = max(1, (os.cpu_count() or 2) // args.workers)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     print("command: python " + " ".join(["benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]), flush=True)
     print("machine:", json.dumps(C.machine_info()), flush=True)
     t0 = time.perf_counter()
@@ -766,17 +803,14 @@ def main(argv=None) -> list[dict]:
     sc = shortcut_check(args, data)
     sc["n_test"] = len(data["test"])
     C.write_json(out_dir / "shortcut.json", sc)
-    results = []
-    for seed in args.seeds:
-        for name in args.rows:
-            path = out_dir / f"{name}_seed{seed}.json"
-            t1 = time.perf_counter()
-            res = run_one(args, name, seed, data, device)
-            C.write_json(path, res)
-            results.append(res)
-            m = res["metrics"]["official"]
-            print(f"[{name} seed {seed}] AUROC {100 * m['auroc']:.2f} AP {100 * m['average_precision']:.2f} "
-                  f"F1 {100 * m['f1']:.2f} ACC {100 * m['accuracy']:.2f} | {time.perf_counter() - t1:.0f} s -> {path}", flush=True)
+    jobs = [(args, name, seed) for seed in args.seeds for name in args.rows]
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+            results = pool.map(_run_and_write, [(*j, None) for j in jobs], chunksize=1)
+    else:
+        results = [_run_and_write((*j, data)) for j in jobs]
     print_table(results)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; JSON in {out_dir}; rebuild RESULTS.md with: python benchmarks/quality.py --report")
     return results
