@@ -13,6 +13,7 @@ from .handlers import (
     load_threshold,
 )
 from .inference import AnomalyInference
+from .selection import SyntheticValidation, synthetic_validation_metrics
 from .training import SCRDTrainStep, alpha_metric_names, train_log_values
 from .utils import (
     as_bool,
@@ -43,6 +44,8 @@ __all__ = [
     "TrainerCheckpointLoader",
     "load_model_weights",
     "AnomalyInference",
+    "SyntheticValidation",
+    "synthetic_validation_metrics",
     "find_mlflow_handler",
     "fit_threshold",
     "load_threshold",
