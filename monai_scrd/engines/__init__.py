@@ -22,6 +22,7 @@ _EXPORTS = {
         "load_threshold",
     ],
     "inference": ["AnomalyInference"],
+    "selection": ["SyntheticValidation", "synthetic_validation_metrics"],
     "training": ["SCRDTrainStep", "alpha_metric_names", "ratio_metric_names", "train_log_values"],
     "utils": [
         "as_bool",

@@ -217,7 +217,10 @@ class ScoreCollector:
 class TrainingFinalizer:
     """At the end of training (rank 0): writes the final weights ``{"model": state_dict}`` to ``model_path`` and, with
     a validation data loader of held-out normals, the decision threshold (``percentile`` of their scores) to
-    ``threshold_path``; both become MLflow artifacts when tracking is on."""
+    ``threshold_path``; both become MLflow artifacts when tracking is on. With a ``selection``
+    (:class:`~monai_scrd.engines.SyntheticValidation`), its ``select(engine)`` first loads the selected weights (best
+    synthetic-validation or last, its ``model_selection``) into the network, and what it returns (iteration and
+    validation AUROCs of the best and the last evaluations) is added to the threshold file."""
 
     def __init__(
         self,
@@ -229,8 +232,10 @@ class TrainingFinalizer:
         reduction: str = "mean",
         device=None,
         extra_info: Mapping | None = None,
+        selection=None,
     ) -> None:
         self.network = network
+        self.selection = selection
         self.model_path = model_path
         self.threshold_path = threshold_path
         self.val_loader = val_loader
@@ -262,6 +267,7 @@ class TrainingFinalizer:
         if not is_rank0():
             return
         net = unwrap(self.network)
+        selection_info = self.selection.select(engine) if self.selection is not None else {}
         os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, self.model_path)
         files = [self.model_path]
@@ -281,6 +287,7 @@ class TrainingFinalizer:
                     "score_reduction": self.reduction,
                     "iteration": int(engine.state.iteration),
                     **self.extra_info,
+                    **selection_info,
                 }
                 files.append(write_json(self.threshold_path, info))
                 engine.state.metrics["threshold"] = thr

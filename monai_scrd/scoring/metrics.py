@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_curve, roc_auc_score
 
-__all__ = ["best_f1_threshold", "threshold_metrics", "detection_metrics"]
+__all__ = ["best_f1_threshold", "threshold_metrics", "detection_metrics", "pixel_auroc"]
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -59,3 +59,22 @@ def detection_metrics(labels, scores) -> dict:
         "n_normal": int((y == 0).sum()),
         "n_anomalous": int((y == 1).sum()),
     }
+
+
+def pixel_auroc(masks, maps, max_pixels: int | None = 1_000_000, seed: int = 0) -> float:
+    """Pixel-level AUROC of anomaly ``maps`` against binary ``masks`` (same number of elements, e.g. ``[N, 1, H, W]``),
+    pooled over all images (normal images contribute negatives only, as in the MVTec protocol). With more than
+    ``max_pixels`` pixels, a fixed random subset of ``max_pixels`` (drawn from ``seed``, so repeated calls on the same
+    inputs agree) is used to keep scikit-learn's sort cheap."""
+    y = (np.asarray(masks).ravel() != 0).astype(int)
+    s = np.asarray(maps, dtype=np.float32).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} mask pixels but {s.size} map pixels")
+    if max_pixels is not None and y.size > int(max_pixels):
+        keep = np.random.default_rng(seed).choice(y.size, int(max_pixels), replace=False)
+        y, s = y[keep], s[keep]
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{int((~np.isfinite(s)).sum())} anomaly-map values are NaN or infinite")
+    if len(np.unique(y)) < 2:
+        raise ValueError("pixel AUROC needs both anomalous and normal pixels")
+    return float(roc_auc_score(y, s))
