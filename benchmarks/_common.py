@@ -132,7 +132,11 @@ def original_sizes(data_root: Path) -> dict[str, tuple[int, int, str]]:
 def load_cached_images(data_root: Path, paths: list[str], image_size: int, cache_dir: Path) -> np.ndarray:
     """Preprocessed images ``uint8 [N, S, S]`` (grayscale, resized, min-max scaled to [0, 1] then x255), computed
     once with ``monai_scrd.data.preprocessing_transforms`` and cached as ``.npy`` keyed by the file list and size."""
-    key = hashlib.sha1(("\n".join(paths) + f"|{image_size}|{Path(data_root).resolve()}").encode()).hexdigest()[:16]
+    # keyed by the file list, the size and the data set's files.csv (which holds every file's sha1), not by the folder's
+    # location, so that a cache made here can travel with the benchmark to another machine
+    listing = Path(data_root) / "files.csv"
+    fingerprint = hashlib.sha1(listing.read_bytes()).hexdigest() if listing.is_file() else str(Path(data_root).resolve())
+    key = hashlib.sha1(("\n".join(paths) + f"|{image_size}|{fingerprint}").encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"brain_tumor_{image_size}px_{len(paths)}_{key}.npy"
     if cache.exists():
         arr = np.load(cache)

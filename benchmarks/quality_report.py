@@ -1,0 +1,245 @@
+"""``benchmarks/RESULTS.md`` from the per-run JSON files of ``quality.py`` (``python benchmarks/quality.py --report``).
+
+Everything here is a pure function of the JSON files under ``benchmarks/results``, so regenerating the report is
+byte-identical. Scale weightings other than the one a run scored with are recomputed from the stored per-scale image
+scores (mean of each raw ``1 - cos`` map, before upsampling and smoothing), which the smoothing changes only at the
+image border.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+AFTER_ROWS = ["rd4ad", "crd", "scrd_eq4", "scrd_alg2", "scrd_eq4_gauss"]
+VARIANT_ORDER = ["legacy", "legacy_noise", "legacy_decoder", "reference"]
+VARIANT_LABELS = {
+    "legacy": "before: normalised noise at 1/16 cycle/px + compact decoder",
+    "legacy_noise": "decoder fix only (RD4AD decoder, old noise)",
+    "legacy_decoder": "noise fix only (reference noise, compact decoder)",
+    "reference": "after: reference noise + RD4AD decoder",
+}
+
+
+def load_runs(results_dir: Path) -> dict[str, dict[str, list[dict]]]:
+    """``tag -> row -> [run, ...]`` (sorted by seed) from ``results/quality/<tag>/<row>_seed<k>.json``."""
+    runs: dict = {}
+    for f in sorted((results_dir / "quality").glob("*/*.json")):
+        d = json.loads(f.read_text())
+        if "row" in d:
+            runs.setdefault(f.parent.name, {}).setdefault(d["row"], []).append(d)
+    for rows in runs.values():
+        for rs in rows.values():
+            rs.sort(key=lambda x: x["seed"])
+    return runs
+
+
+def ms(vals, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± sample std`` (or the single value) of ``vals * scale``."""
+    v = np.asarray(vals, dtype=float) * scale
+    if len(v) == 0:
+        return "-"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def _labels(run: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    paths = run["test_paths"]
+    y = np.array([0 if p.startswith("test/normal/") else 1 for p in paths])
+    if split == "official":
+        return y, np.ones(len(paths), dtype=bool)
+    dedup = run["metrics"]["dedup"]
+    # the de-duplicated split drops the test normals that are byte-identical to training images; recover the mask
+    # from the stored official/dedup counts (the duplicates are test normals and keep their order)
+    n_drop = run["metrics"]["official"]["n_normal"] - dedup["n_normal"]
+    mask = np.ones(len(paths), dtype=bool)
+    if n_drop:
+        mask[np.array(run["dedup_dropped_index"], dtype=int)] = False
+    return y, mask
+
+
+def weighting_scores(run: dict) -> dict[str, np.ndarray]:
+    """Image scores of the test images under each scale weighting, from the stored per-scale scores."""
+    test = np.asarray(run["test_scale_scores"], dtype=float)
+    val = np.asarray(run["val_scale_scores"], dtype=float)
+    z = (test - val.mean(0)) / val.std(0, ddof=1)
+    out = {f"scale {k + 1} only": test[:, k] for k in range(test.shape[1])}
+    out["sum (RD4AD scoring)"] = test.sum(1)
+    if run.get("test_alpha"):
+        out["alpha-weighted (paper scoring)"] = (np.asarray(run["test_alpha"]) * test).sum(1)
+    out["calibrated, mean of z"] = z.mean(1)
+    out["calibrated, max of z"] = z.max(1)
+    return out
+
+
+def _auc(y, s) -> float:
+    return float(roc_auc_score(y, s))
+
+
+def run_table(tag: str, rows: dict, labels: dict, paper: dict) -> str:
+    """Detection metrics per row (mean ± std over seeds) on the official and de-duplicated splits."""
+    first = next(iter(rows.values()))[0]
+    cfg = first["config"]
+    seeds = sorted({r["seed"] for rs in rows.values() for r in rs})
+    lines = [f"### `{tag}`: {cfg['backbone']} teacher, {cfg['image_size']} px, {cfg['iterations']} iterations x batch "
+             f"{cfg['batch_size']}, train {first['n_train']} / val {first['n_val']} normals, {first['n_test']} test images, "
+             f"seeds {seeds}\n"]
+    n_runs = {len(v) for v in rows.values()}
+    if tag != "quick" and (len(seeds) < 3 or len(n_runs) > 1):
+        lines.append(f"_Partial: rows have {sorted(n_runs)} seed(s) (runs are written as they finish)._\n")
+    order = [r for r in labels if r in rows]
+    for split in ("official", "dedup"):
+        n = first["metrics"][split]
+        lines.append(f"**{split} test split** ({n['n_normal']} normal / {n['n_anomalous']} tumour); mean ± std over seeds, in %\n")
+        lines.append("| row | n | AUROC | AP | F1 (best-F1 thr., test labels) | F1 (val thr.) | ACC (val thr.) | AUROC glioma | "
+                     "AUROC meningioma | paper AUC / F1 / ACC |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in order:
+            m = [x["metrics"][split] for x in rows[r]]
+            p = paper.get(r)
+            lines.append(
+                f"| {labels[r]} | {len(m)} | {ms([x['auroc'] for x in m])} | {ms([x['average_precision'] for x in m])} | "
+                f"{ms([x['f1'] for x in m])} | {ms([x['val_threshold']['f1'] for x in m])} | "
+                f"{ms([x['val_threshold']['accuracy'] for x in m])} | {ms([x['auroc_glioma'] for x in m])} | "
+                f"{ms([x['auroc_meningioma'] for x in m])} | {' / '.join(f'{v:.2f}' for v in p) if p else '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def before_after_table(runs: dict, base_tag: str, labels: dict) -> str:
+    """AUROC (official and dedup) per row and variant, the same seeds and budget, so each fix shows on its own."""
+    tags = {v: (base_tag if v == "reference" else f"{base_tag}_{v}") for v in VARIANT_ORDER}
+    present = [v for v in VARIANT_ORDER if tags[v] in runs]
+    if len(present) < 2:
+        return "(no before/after runs recorded)\n"
+    lines = ["AUROC in %, mean ± std over the same seeds; each column changes one thing relative to the first.\n",
+             "| row | split | " + " | ".join(VARIANT_LABELS[v] for v in present) + " |",
+             "|---|---|" + "---|" * len(present)]
+    for r in AFTER_ROWS:
+        for split in ("official", "dedup"):
+            cells = []
+            for v in present:
+                rs = runs[tags[v]].get(r, [])
+                cells.append(ms([x["metrics"][split]["auroc"] for x in rs]) if rs else "-")
+            if any(c != "-" for c in cells):
+                lines.append(f"| {labels[r]} | {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def scale_table(rows: dict, labels: dict) -> str:
+    """AUROC of each scale weighting, recomputed from the per-scale scores (official split)."""
+    order = [r for r in labels if r in rows and rows[r][0].get("test_scale_scores")]
+    if not order:
+        return "(no per-scale scores recorded)\n"
+    names = list(weighting_scores(rows[order[0]][0]))
+    names += [n for r in order for n in weighting_scores(rows[r][0]) if n not in names]
+    lines = ["AUROC in % (official split), mean ± std over seeds, of the test scores under each scale weighting, computed "
+             "from the stored per-scale scores of each run (calibration: mean and std of each scale's score over the 100 "
+             "held-out training normals; no test label). The `as scored` column is the run's own product score.\n",
+             "| row | as scored | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in order:
+        cells = []
+        for n in names:
+            vals = []
+            for x in rows[r]:
+                w = weighting_scores(x)
+                if n in w:
+                    y, _ = _labels(x, "official")
+                    vals.append(_auc(y, w[n]))
+            cells.append(ms(vals) if vals else "-")
+        lines.append(f"| {labels[r]} | {ms([x['metrics']['official']['auroc'] for x in rows[r]])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def head_table(rows: dict, labels: dict) -> str:
+    """Alpha, the head's gradient norm and the per-scale contrastive ratio along training (mean over seeds)."""
+    order = [r for r in labels if r in rows and rows[r][0]["train_log"] and "ratio_1" in rows[r][0]["train_log"][-1]]
+    if not order:
+        return "(no per-scale ratio recorded)\n"
+    log0 = rows[order[0]][0]["train_log"]
+    picks = sorted({0, 1, 2, 4, len(log0) // 4, len(log0) // 2, len(log0) - 1} & set(range(len(log0))))
+    its = [log0[i]["iteration"] for i in picks]
+    lines = ["Batch means at logged iterations, averaged over seeds. `ratio_k` = (1 - sim(u_k, v_k)) / (1 - sim(z_k, v_k))"
+             " as the row's loss takes it; `alpha_k` = scale weight; `|grad W|` = norm of the scale head's weight gradient; "
+             "`logit spread` = max - min of log alpha (0 = uniform).\n",
+             "| row | quantity | " + " | ".join(f"it {i}" for i in its) + " |", "|---|---|" + "---|" * len(its)]
+    for r in order:
+        logs = [x["train_log"] for x in rows[r]]
+
+        def at(key, i):
+            vals = [lg[i][key] for lg in logs if i < len(lg) and key in lg[i]]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        k_scales = sum(1 for k in logs[0][-1] if k.startswith("ratio_"))
+        for k in range(1, k_scales + 1):
+            lines.append(f"| {labels[r]} | ratio_{k} | " + " | ".join(f"{at(f'ratio_{k}', i):.4f}" for i in picks) + " |")
+        if "alpha_1" in logs[0][-1] and rows[r][0].get("alpha_test"):
+            lines.append(f"| {labels[r]} | alpha (1, 2, 3) | " + " | ".join(
+                "(" + ", ".join(f"{at(f'alpha_{k}', i):.2f}" for k in range(1, k_scales + 1)) + ")" for i in picks) + " |")
+            spread = []
+            for i in picks:
+                a = np.array([at(f"alpha_{k}", i) for k in range(1, k_scales + 1)])
+                spread.append(f"{np.log(np.clip(a, 1e-12, None)).ptp():.2f}")
+            lines.append(f"| {labels[r]} | logit spread | " + " | ".join(spread) + " |")
+            lines.append(f"| {labels[r]} | \\|grad W\\| | " + " | ".join(f"{at('head_grad_norm', i):.3g}" for i in picks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def selection_table(rows: dict, labels: dict) -> str:
+    """Label-free checkpoint selection: the checkpoint with the best synthetic-anomaly validation AUROC vs the last."""
+    order = [r for r in labels if r in rows and any(c.get("synthetic_validation") for x in rows[r] for c in x.get("checkpoints", []))]
+    if not order:
+        return "(no synthetic-validation checkpoints recorded)\n"
+    lines = ["Per run, the checkpoint (every `eval-every` iterations) with the highest synthetic-anomaly validation "
+             "image AUROC (held-out normals + synthetic anomalies of another family than the training noise; no real "
+             "anomaly) versus the last checkpoint. Test AUROC is shown for both, never used to choose. Mean ± std over seeds, %.\n",
+             "| row | synthetic val AUROC, best | its iteration(s) | test AUROC at best-synthetic | test AUROC at last | "
+             "synthetic val AUROC, last | pixel AUROC (synthetic), last | Spearman(synthetic val, test) over checkpoints |",
+             "|---|---|---|---|---|---|---|---|"]
+    from scipy.stats import spearmanr
+
+    for r in order:
+        best_v, best_it, best_t, last_t, last_v, last_px, rho = [], [], [], [], [], [], []
+        for x in rows[r]:
+            cks = [c for c in x["checkpoints"] if c.get("synthetic_validation")]
+            sv = [c["synthetic_validation"]["image_auroc"] for c in cks]
+            b = int(np.argmax(sv))
+            best_v.append(sv[b])
+            best_it.append(cks[b]["iteration"])
+            best_t.append(cks[b]["test_auroc_reported_only"])
+            last_t.append(cks[-1]["test_auroc_reported_only"])
+            last_v.append(sv[-1])
+            last_px.append(cks[-1]["synthetic_validation"].get("pixel_auroc", float("nan")))
+            if len(cks) > 2:
+                rho.append(spearmanr(sv, [c["test_auroc_reported_only"] for c in cks]).statistic)
+        lines.append(f"| {labels[r]} | {ms(best_v)} | {best_it} | {ms(best_t)} | {ms(last_t)} | {ms(last_v)} | {ms(last_px)} | "
+                     f"{ms(rho, 1.0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def shortcut_table(results_dir: Path, tag: str | None) -> str:
+    """Trivial, method-free scores on the same test split as run ``tag``."""
+    f = results_dir / "quality" / str(tag) / "shortcut.json"
+    if tag is None or not f.exists():
+        return "(no shortcut check recorded)\n"
+    d = json.loads(f.read_text())
+    lines = [f"From `{f.relative_to(results_dir.parent)}` (test images: {d['n_test']}).\n",
+             "| trivial score | AUROC official | AUROC dedup | max(AUC, 1-AUC) official |", "|---|---|---|---|"]
+    for k in d["official"]:
+        lines.append(f"| {k} | {100 * d['official'][k]['auroc']:.2f} | {100 * d['dedup'][k]['auroc']:.2f} | "
+                     f"{100 * d['official'][k]['auroc_best_direction']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_line(rows: dict, tag: str) -> str:
+    xs = [x for rs in rows.values() for x in rs]
+    m = xs[0]["machine"]
+    dates = sorted(x["machine"]["date_utc"] for x in xs)
+    dev = f"GPU {m['cuda']}" if m.get("cuda") else "no GPU"
+    return (f"`{tag}`: {m['cpu_count']} vCPU ({m.get('cpu_model')}), {dev}, torch threads {m['torch_threads']}; Python "
+            f"{m['python']}, torch {m['torch']}, MONAI {m['monai']}, timm {m['timm']}, numba {m['numba']}, opensimplex "
+            f"{m['opensimplex']}, ignite {m['ignite']}, numpy {m['numpy']}; runs finished between {dates[0]} and {dates[-1]} (UTC).")
