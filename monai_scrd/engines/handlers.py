@@ -220,7 +220,9 @@ class TrainingFinalizer:
     ``threshold_path``; both become MLflow artifacts when tracking is on. With a ``selection``
     (:class:`~monai_scrd.engines.SyntheticValidation`), its ``select(engine)`` first loads the selected weights (best
     synthetic-validation or last, its ``model_selection``) into the network, and what it returns (iteration and
-    validation AUROCs of the best and the last evaluations) is added to the threshold file."""
+    validation AUROCs of the best and the last evaluations) is added to the threshold file. With ``calibrate_scales``,
+    the per-scale calibration of the anomaly map (:meth:`~monai_scrd.scoring.AnomalyMapGenerator.calibrate`) is then
+    fitted on the validation normals, before the weights are saved and the threshold is fitted."""
 
     def __init__(
         self,
@@ -233,9 +235,11 @@ class TrainingFinalizer:
         device=None,
         extra_info: Mapping | None = None,
         selection=None,
+        calibrate_scales: bool = False,
     ) -> None:
         self.network = network
         self.selection = selection
+        self.calibrate_scales = bool(calibrate_scales)
         self.model_path = model_path
         self.threshold_path = threshold_path
         self.val_loader = val_loader
@@ -263,11 +267,34 @@ class TrainingFinalizer:
             scores.extend(s for s in out["score"].tolist() if np.isfinite(s))
         return np.asarray(scores, dtype=float)
 
+    @torch.no_grad()
+    def fit_scale_calibration(self, device) -> dict:
+        """Per-scale calibration of the anomaly map from the validation normals (see ``calibrate_scales``)."""
+        net = unwrap(self.network)
+        was_training = net.training
+        net.eval()
+        chunks = []
+        for batch in self.val_loader:
+            ok = torch.tensor([not e for e in batch.get("error", [""] * len(batch["image"]))], dtype=torch.bool)
+            if ok.any():
+                x = torch.as_tensor(batch["image"])[ok]
+                x = x.as_tensor() if hasattr(x, "as_tensor") else x
+                chunks.append(net.scale_scores(x.to(device))[0].float().cpu())
+        net.train(was_training)
+        if not chunks:
+            raise ValueError("calibrate_scales needs validation (normal) images, but none could be read")
+        net.anomaly_map.calibrate(torch.cat(chunks))
+        return {"scale_calibration": {"mean": net.anomaly_map.scale_mean.tolist(), "std": net.anomaly_map.scale_std.tolist(),
+                                      "n_images": int(sum(len(c) for c in chunks))}}
+
     def __call__(self, engine: Engine) -> None:
         if not is_rank0():
             return
         net = unwrap(self.network)
         selection_info = self.selection.select(engine) if self.selection is not None else {}
+        if self.calibrate_scales and self.val_loader is not None:
+            selection_info.update(self.fit_scale_calibration(self.device if self.device is not None else engine.state.device))
+            engine.logger.info(f"per-scale calibration on the validation normals: {selection_info['scale_calibration']}")
         os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, self.model_path)
         files = [self.model_path]
