@@ -60,6 +60,8 @@ ROWS: dict[str, dict] = {
     # candidates for a default that does not depend on which scale the head collapses to (issue 10)
     "rd4ad_cal": dict(model=dict(contrastive=False, scale_adaptive=False, scale_weighting="uniform"), calibrate=True,
                       label="RD4AD + per-scale calibration (z-scores on held-out normals, mean over scales)"),
+    "crd_distill_cal": dict(model=dict(CONTRASTIVE, scale_weighting="uniform"), calibrate=True, loss=dict(distillation_weight=1.0),
+                            label="CRD + distillation term + calibration (no scale head)"),
     "scrd_floor_cal": dict(model=dict(ADAPTIVE, alpha_floor=0.5, scale_weighting="uniform"), calibrate=True,
                            label="Eq. 4, alpha floor 0.5 + calibration"),
     "scrd_distill_cal": dict(model=dict(ADAPTIVE, alpha_floor=0.5, scale_weighting="uniform"), calibrate=True,
