@@ -40,7 +40,7 @@ from opensimplex.internals import _noise2 as _simplex2
 from opensimplex.internals import _noise3 as _simplex3
 from opensimplex.internals import _noise4 as _simplex4
 
-__all__ = ["RandSimplexNoise", "RandSimplexNoised", "fractal_simplex_noise", "simplex_permutation", "warmup", "NOISE_TYPES"]
+__all__ = ["RandSimplexNoise", "RandSimplexNoised", "fractal_simplex_noise", "warmup", "NOISE_TYPES"]
 
 NOISE_TYPES = ("simplex", "gaussian")
 
@@ -60,7 +60,8 @@ _GRADIENTS3_COUNT = 24  # len(opensimplex.constants.GRADIENTS3) // 3
 @numba.njit(cache=True, nogil=True)
 def _permutation(seed):
     # Port of opensimplex.internals._init: the same 64-bit LCG (int64 arithmetic wraps like its c_int64
-    # overflow) and the same Fisher-Yates shuffle; tests check it against OpenSimplex(seed).
+    # overflow) and the same Fisher-Yates shuffle, a few microseconds instead of about 1 ms; tests check the
+    # noise against OpenSimplex(seed).
     perm = np.zeros(256, dtype=np.int64)
     perm_grad_index3 = np.zeros(256, dtype=np.int64)
     source = np.arange(256)
@@ -77,13 +78,7 @@ def _permutation(seed):
     return perm, perm_grad_index3
 
 
-def simplex_permutation(seed: int = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """opensimplex's permutation tables ``(perm, perm_grad_index3)`` for ``seed`` (as ``OpenSimplex(seed)``),
-    computed by a numba port of ``opensimplex.internals._init`` (a few microseconds instead of about 1 ms)."""
-    return _permutation(np.int64(seed))
-
-
-_LEGACY_PERM, _LEGACY_PERM_GRAD_INDEX3 = _permutation(np.int64(DEFAULT_SEED))
+_DEFAULT_PERM, _DEFAULT_PERM_GRAD_INDEX3 = _permutation(np.int64(DEFAULT_SEED))
 
 
 # Axis convention of all kernels: the last axis is simplex x, the one before y, then z, then w, as in
@@ -181,7 +176,7 @@ def fractal_simplex_noise(
         raise ValueError(f"offsets must have shape (octaves>=1, {len(size)}), got {offsets.shape}.")
     args = (float(frequency), float(persistence), bool(normalize), offsets)
     if int(seed) == DEFAULT_SEED:
-        perm, grad3 = _LEGACY_PERM, _LEGACY_PERM_GRAD_INDEX3
+        perm, grad3 = _DEFAULT_PERM, _DEFAULT_PERM_GRAD_INDEX3
     else:
         perm, grad3 = _permutation(np.int64(seed))
     if len(size) == 2:
