@@ -60,11 +60,8 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping, source: str,
         strict: whether keys must match exactly (shapes must always match).
     """
     own = module.state_dict()
-    shape_mismatch = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
-    ]
+    mismatched = [k for k, v in state_dict.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    shape_mismatch = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     problems = []
@@ -75,5 +72,8 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping, source: str,
     if strict and unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     if problems:
+        differing = mismatched + (missing + unexpected if strict else [])
+        if all(k.startswith("decoder.") for k in differing):
+            problems.append("only the decoder differs: a model trained before the RD4AD decoder needs SCRD(decoder='compact')")
         raise CheckpointError(f"{source}: checkpoint does not match {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=strict)

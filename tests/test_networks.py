@@ -3,6 +3,10 @@ import torch
 
 from monai_scrd.checkpoint import CheckpointError
 from monai_scrd.losses import build_loss
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from monai_scrd.checkpoint import extract_state_dict, load_state_dict_checked, load_weights_file
 from monai_scrd.networks import SCRD, TeacherEncoder, efficientnet_lite0_weights_path
 
 SIZE = 64
@@ -43,7 +47,7 @@ def test_scale_head_gets_gradient_and_teacher_none(lite0_model):
     assert head_grad is not None and head_grad.abs().sum() > 0
     assert all(p.grad is None for p in model.teacher.parameters())
     assert all(not p.requires_grad for p in model.teacher.parameters())
-    assert model.decoder.stages[0][0][0].weight.grad.abs().sum() > 0
+    assert model.decoder.stages[0][0].conv1.weight.grad.abs().sum() > 0
 
 
 def test_teacher_stays_in_eval_mode_and_frozen():
@@ -110,3 +114,67 @@ def test_torchscript_matches_eager(lite0_model):
     scripted = torch.jit.script(model)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
+
+
+def _trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _upsamples_in_first_block(block: nn.Module, conv: str) -> bool:
+    """RD4AD's upsampling block: the given conv is a 2x2 stride-2 deconvolution, the shortcut a deconvolution + BN."""
+    deconv, shortcut = getattr(block, conv), block.downsample
+    return (
+        isinstance(deconv, nn.ConvTranspose2d) and deconv.kernel_size == (2, 2) and deconv.stride == (2, 2)
+        and isinstance(shortcut[0], nn.ConvTranspose2d) and shortcut[0].stride == (2, 2) and isinstance(shortcut[1], nn.BatchNorm2d)
+    )
+
+
+def test_wide_resnet50_2_student_follows_rd4ad():
+    torch.manual_seed(0)
+    model = SCRD("wide_resnet50_2", pretrained=False)
+    # decoder: 3, 4, 6 bottleneck blocks from the deepest stage, planes 256/128/64 (x4), x2 upsampling in block 0
+    stages = model.decoder.stages
+    assert [len(s) for s in stages] == [3, 4, 6]
+    for stage, cin, cout in zip(stages, (2048, 1024, 512), (1024, 512, 256)):
+        assert all(type(b) is Bottleneck for b in stage)
+        assert stage[0].conv1.in_channels == cin and stage[0].conv3.out_channels == cout
+        assert stage[0].conv2.in_channels == 2 * cout // 4  # wide: width = 2 * planes
+        assert _upsamples_in_first_block(stage[0], "conv2")
+        assert all(isinstance(b.conv2, nn.Conv2d) and b.conv2.stride == (1, 1) and b.downsample is None for b in stage[1:])
+    # OCBE: u1 -> two strided 3x3 convs, u2 -> one, concat with u3 (3072 ch) -> 3 bottlenecks, first at stride 2
+    fuse = model.bottleneck.fuse
+    assert len(fuse) == 3 and all(type(b) is Bottleneck for b in fuse)
+    assert fuse[0].conv1.in_channels == 3 * 1024 and fuse[0].conv2.stride == (2, 2) and fuse[-1].conv3.out_channels == 2048
+    assert fuse[0].downsample[0].kernel_size == (1, 1) and fuse[0].downsample[0].stride == (2, 2)
+    assert [m.stride for m in model.bottleneck.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)][:3] == [(2, 2)] * 3
+    u, v, alpha = model.features(torch.rand(1, 3, SIZE, SIZE))
+    assert [tuple(t.shape) for t in v] == [(1, 256, 16, 16), (1, 512, 8, 8), (1, 1024, 4, 4)] == [tuple(t.shape) for t in u]
+    assert model.bottleneck(u).shape == (1, 2048, 2, 2)
+    # trainable parameters: RD4AD's BN_layer without its unused conv4/bn4 (8,392,704), de_wide_resnet50_2, Eq. 3 head
+    assert (_trainable(model.bottleneck), _trainable(model.decoder), _trainable(model.scale_head)) == (58_885_120, 24_917_504, 6_147)
+    assert _trainable(model) == 83_808_771
+
+
+@pytest.mark.parametrize("backbone, blocks, kind", [("resnet18", [2, 2, 2], BasicBlock), ("efficientnet_lite0", [2, 2, 2], BasicBlock)])
+def test_small_teachers_get_the_same_decoder_shape(backbone, blocks, kind):
+    model = SCRD(backbone, pretrained=False)
+    assert [len(s) for s in model.decoder.stages] == blocks
+    for stage in model.decoder.stages:
+        assert all(type(b) is kind for b in stage) and _upsamples_in_first_block(stage[0], "conv1")
+    assert [len(s) for s in SCRD("resnet34", pretrained=False).decoder.stages] == [3, 4, 6]
+
+
+def test_compact_decoder_switch_and_checkpoint_error(tmp_path):
+    compact = SCRD("efficientnet_lite0", pretrained=False, decoder="compact")
+    u, v, _ = compact.features(torch.rand(1, 3, SIZE, SIZE))
+    assert [t.shape for t in u] == [t.shape for t in v]
+    assert isinstance(compact.decoder.stages[0][0][0], nn.ConvTranspose2d)
+    path = tmp_path / "old_model.pt"
+    torch.save({"model": compact.state_dict()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_checked(SCRD("efficientnet_lite0", pretrained=False), extract_state_dict(load_weights_file(path), str(path)), str(path))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: checkpoint does not match SCRD")
+    assert "decoder='compact'" in message
+    with pytest.raises(ValueError, match="decoder='unet' is not one of"):
+        SCRD("resnet18", pretrained=False, decoder="unet")

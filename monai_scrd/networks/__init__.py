@@ -1,5 +1,5 @@
 from .scrd import SCRD
-from .student import OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
+from .student import CompactDecoder, OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
 from .teacher import BACKBONES, TeacherEncoder, efficientnet_lite0_weights_path
 
 __all__ = [
@@ -9,5 +9,6 @@ __all__ = [
     "efficientnet_lite0_weights_path",
     "OneClassBottleneck",
     "StudentDecoder",
+    "CompactDecoder",
     "ScaleAdaptationHead",
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_scrd.networks.student import OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
+from monai_scrd.networks.student import CompactDecoder, OneClassBottleneck, ScaleAdaptationHead, StudentDecoder, rd4ad_init_
 from monai_scrd.networks.teacher import TeacherEncoder
 from monai_scrd.scoring.anomaly_map import AnomalyMapGenerator
 
-__all__ = ["SCRD"]
+__all__ = ["SCRD", "DECODERS"]
+
+DECODERS = {"rd4ad": StudentDecoder, "compact": CompactDecoder}
 
 
 class SCRD(nn.Module):
@@ -30,6 +32,8 @@ class SCRD(nn.Module):
         alpha_floor: uniform share mixed into alpha so that no scale falls below ``alpha_floor / K`` (0 = paper).
         scale_weighting: how the anomaly map weighs the scales: ``"alpha"`` (paper) or ``"uniform"``
             (see :class:`~monai_scrd.scoring.AnomalyMapGenerator`, also for the per-scale calibration).
+        decoder: ``"rd4ad"`` (RD4AD's one-class bottleneck initialisation and de-ResNet decoder, which the paper uses)
+            or ``"compact"`` (this package's earlier decoder, for before/after comparisons and its checkpoints).
     """
 
     def __init__(
@@ -42,15 +46,21 @@ class SCRD(nn.Module):
         alpha_temperature: float = 1.0,
         alpha_floor: float = 0.0,
         scale_weighting: str = "alpha",
+        decoder: str = "rd4ad",
     ) -> None:
         super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
+        self.decoder_layout = decoder
         self.contrastive = bool(contrastive)
         self.scale_adaptive = bool(scale_adaptive)
         self.teacher = TeacherEncoder(backbone, pretrained)
         spec = self.teacher.spec
         fusion_blocks = 3 if spec.block == "bottleneck" else 2
         self.bottleneck = OneClassBottleneck(spec.channels, spec.block, fusion_blocks, spec.width_factor)
-        self.decoder = StudentDecoder(
+        if decoder == "rd4ad":
+            rd4ad_init_(self.bottleneck)
+        self.decoder = DECODERS[decoder](
             self.bottleneck.out_channels, spec.channels, spec.blocks_per_stage, spec.block, spec.width_factor
         )
         num_scales = len(spec.channels)

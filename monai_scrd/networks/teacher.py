@@ -26,7 +26,8 @@ class BackboneSpec:
     Attributes:
         channels: channels of the three teacher feature maps (strides 4, 8, 16).
         block: residual block used by the bottleneck and decoder, ``"basic"`` or ``"bottleneck"``.
-        blocks_per_stage: residual blocks per decoder stage (mirrors the encoder's stages).
+        blocks_per_stage: residual blocks per decoder stage, deepest stage first (RD4AD's ``de_resnet`` ``layers``:
+            3, 4, 6 for ResNet-34/50 and WRN50-2, i.e. the encoder's counts for its first three stages, mirrored).
         width_factor: bottleneck-block width multiplier (2 for wide ResNets).
     """
 
