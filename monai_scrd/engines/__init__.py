@@ -1,60 +1,55 @@
-"""MONAI/Ignite engines and handlers for training, evaluating and running SCRD (used by ``bundles/scrd``)."""
+"""MONAI/Ignite engines and handlers for training, evaluating and running SCRD (used by ``bundles/scrd``).
 
-from .evaluation import ErrorReport, EvalCollate, SafeDataset, SCRDEvalStep
+Scoring itself is :mod:`monai_scrd.scoring` (one scorer for evaluation, inference, the registry and MONAI Label)."""
+
+from .evaluation import SCRDEvalStep
 from .handlers import (
-    MaxIterationsHandler,
-    MLflowExtrasHandler,
+    IterationLimit,
+    MLflowRunExtras,
+    ProgressLog,
     ScoreCollector,
     TrainerCheckpointLoader,
     TrainerCheckpointSaver,
     TrainingFinalizer,
-    find_mlflow_handler,
+    find_mlflow_run,
     fit_threshold,
-    load_threshold,
 )
 from .inference import AnomalyInference
 from .training import SCRDTrainStep, alpha_metric_names, train_log_values
 from .utils import (
     as_bool,
-    epochs_for,
     find_bundle_root,
     is_rank0,
     latest_checkpoint,
     list_inputs,
-    load_datalist,
     load_model_weights,
-    training_items,
     resolve_pretrained,
     resolve_resume,
+    training_items,
     unwrap,
 )
 
 __all__ = [
     "SCRDTrainStep",
     "SCRDEvalStep",
-    "SafeDataset",
-    "EvalCollate",
-    "ErrorReport",
-    "MaxIterationsHandler",
-    "MLflowExtrasHandler",
+    "IterationLimit",
+    "ProgressLog",
+    "MLflowRunExtras",
     "ScoreCollector",
     "TrainingFinalizer",
     "TrainerCheckpointSaver",
     "TrainerCheckpointLoader",
     "load_model_weights",
     "AnomalyInference",
-    "find_mlflow_handler",
+    "find_mlflow_run",
     "fit_threshold",
-    "load_threshold",
     "alpha_metric_names",
     "train_log_values",
     "as_bool",
-    "epochs_for",
     "find_bundle_root",
     "is_rank0",
     "latest_checkpoint",
     "list_inputs",
-    "load_datalist",
     "training_items",
     "resolve_pretrained",
     "resolve_resume",
