@@ -17,16 +17,13 @@ from torch.utils.data import DataLoader
 from monai_scrd.checkpoint import CheckpointError, extract_state_dict, load_state_dict_checked, load_weights_file
 from monai_scrd.data import (
     DataError,
-    FileErrors,
-    SafeDataset,
     check_training_files,
     load_datalist,
     preprocessing_transforms,
-    safe_load,
-    score_files,
     validate_training_files,
 )
 from monai_scrd.data.prepare import main as prepare_main
+from monai_scrd.scoring import ErrorCollector, Preprocessor, Scorer, ScoringDataset, collate_prepared
 
 
 class _Evil:  # unpickling this would run code; weights-only loading must refuse it
@@ -104,47 +101,53 @@ def test_each_broken_file_one_clear_line(files):
     _, good, bad = files
     assert len(bad) >= 10
     tf = preprocessing_transforms(image_size=32)
+    prepare = Preprocessor(image_size=32)
     for path, fragment in bad.items():
         with pytest.raises(DataError) as info:
             tf({"image": path})  # the plain transform raises the DataError itself (not MONAI's wrapper)
         msg = str(info.value)
         assert msg.startswith(f"{path}: ") and fragment in msg and "\n" not in msg, msg
-        img, err = safe_load(path, image_size=32)
-        assert img is None and err == msg
+        p = prepare(path)
+        assert p.images is None and p.error == msg
     for path in good[:-1]:  # every 2D good file loads
-        img, err = safe_load(path, image_size=32)
-        assert err is None and tuple(img.shape) == (3, 32, 32) and 0 <= float(img.min()) <= float(img.max()) <= 1
-    img, err = safe_load(good[-1], image_size=32)  # a volume is not a 2D image
-    assert img is None and "3D volume" in err and good[-1] in err
+        p = prepare(path)
+        assert p.error == "" and tuple(p.images.shape) == (1, 3, 32, 32) and 0 <= float(p.images.min()) <= float(p.images.max()) <= 1
+    p = prepare(good[-1])  # a volume: one input per non-empty slice
+    assert p.error == "" and p.kind == "volume" and tuple(p.images.shape) == (3, 3, 32, 32)
+    with pytest.raises(DataError, match="3D volume"):
+        tf({"image": good[-1]})  # the 2D training transforms refuse it
 
 
 def test_batch_scores_every_good_file(files, model, tmp_path):
     _, good, bad = files
     items = [{"image": p, "label": i % 2} for i, p in enumerate(list(bad)[:4] + good[:3] + list(bad)[4:] + good[3:])]
-    errors = FileErrors()
-    results = score_files(model, items, image_size=64, errors=errors, batch_size=2)
-    assert [r["image"] for r in results] == good[:3] + good[3:]
-    assert all(np.isfinite(r["score"]) for r in results) and results[-1]["kind"] == "volume"
+    results = list(Scorer(model, image_size=64, batch_size=2).score(items))
+    assert [r.path for r in results] == [i["image"] for i in items]  # one result per file, in order
+    scored = [r for r in results if r.ok]
+    assert [r.path for r in scored] == good and all(np.isfinite(r.score) for r in scored)
+    assert scored[-1].kind == "volume" and [r.item["label"] for r in results] == [i["label"] for i in items]
+    errors = ErrorCollector()
+    for r in results:
+        if not r.ok:
+            errors.add(r.path, r.error)
     assert [p for p, _ in errors] == list(bad)
     for path, msg in errors:
         assert msg.startswith(path) and bad[path] in msg
-    assert errors.exit_code == 1 and errors.summary(len(items)) == f"{len(bad)} of {len(items)} files failed"
+    assert errors.exit_code == 1
     out = errors.write(tmp_path / "out" / "errors.csv")
     rows = list(csv.DictReader(open(out)))
     assert [r["path"] for r in rows] == list(bad) and all(r["error"] for r in rows)
-    empty = FileErrors()
-    empty.write(tmp_path / "none.csv")
+    empty = ErrorCollector(tmp_path / "none.csv")
+    empty.check()  # nothing failed: no exit, and errors.csv is still written
     assert (tmp_path / "none.csv").read_text().strip() == "path,error" and empty.exit_code == 0
 
 
-def test_safe_dataset_in_dataloader(files):
+def test_scoring_dataset_in_dataloader(files):
     _, good, bad = files
     data = [{"image": p} for p in [good[0], *list(bad)[:3], good[1]]]
-    ds = SafeDataset(data, preprocessing_transforms(image_size=32), placeholder_shape=(3, 32, 32))
-    batch = next(iter(DataLoader(ds, batch_size=5)))
-    assert tuple(batch["image"].shape) == (5, 3, 32, 32)
-    assert [e == "" for e in batch["error"]] == [True, False, False, False, True]
-    assert all(p in e for p, e in zip(batch["path"][1:4], batch["error"][1:4]))
+    batch = next(iter(DataLoader(ScoringDataset(data, Preprocessor(image_size=32)), batch_size=5, collate_fn=collate_prepared)))
+    assert [p.error == "" for p in batch] == [True, False, False, False, True]
+    assert all(p.path in p.error for p in batch[1:4]) and tuple(batch[0].images.shape) == (1, 3, 32, 32)
 
 
 def test_training_setup_lists_all_bad_files(files, tmp_path):

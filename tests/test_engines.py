@@ -1,8 +1,9 @@
 """Unit tests of monai_scrd.engines (in-process, tiny): training step in a MONAI SupervisedTrainer, handlers,
-resume helpers, SafeDataset, inference helpers."""
+resume helpers, the evaluator over the scorer, inference helpers."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -13,31 +14,29 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from ignite.engine import Events
 from PIL import Image
 
+from monai_scrd.data import load_datalist
 from monai_scrd.engines import (
     AnomalyInference,
-    ErrorReport,
-    EvalCollate,
-    MaxIterationsHandler,
-    SafeDataset,
+    IterationLimit,
+    ProgressLog,
     ScoreCollector,
     SCRDEvalStep,
     SCRDTrainStep,
     TrainerCheckpointLoader,
     TrainerCheckpointSaver,
     as_bool,
-    epochs_for,
+    find_bundle_root,
     fit_threshold,
     latest_checkpoint,
     list_inputs,
-    load_datalist,
     training_items,
     resolve_pretrained,
     resolve_resume,
     train_log_values,
 )
-from monai_scrd.engines.utils import _config_files_from_argv
 from monai_scrd.losses import build_loss
 from monai_scrd.networks import SCRD
+from monai_scrd.scoring import ErrorCollector, Scorer, ScoringDataset, collate_prepared
 
 
 def _batches(n: int, size: int = 64, b: int = 2):
@@ -50,9 +49,9 @@ def _batches(n: int, size: int = 64, b: int = 2):
 
 def _trainer(net, data, max_iterations, handlers=(), contrastive=True):
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3, betas=(0.5, 0.999))
-    hs = [MaxIterationsHandler(max_iterations), *handlers]
+    hs = [IterationLimit(max_iterations), *handlers]
     return SupervisedTrainer(
-        device="cpu", max_epochs=epochs_for(max_iterations, len(data)), train_data_loader=data, network=net,
+        device="cpu", max_epochs=None, train_data_loader=data, network=net,
         optimizer=opt, loss_function=build_loss(contrastive), iteration_update=SCRDTrainStep(),
         train_handlers=hs, decollate=False,
     ), opt
@@ -66,7 +65,7 @@ def test_train_step_updates_student_only_and_logs_alpha(contrastive, scale_adapt
     student0 = {k: v.clone() for k, v in net.decoder.state_dict().items()}
     trainer, _ = _trainer(net, _batches(2), 3, contrastive=contrastive)
     trainer.run()
-    assert trainer.state.iteration == 3  # stops at max_iterations, mid-epoch
+    assert trainer.state.iteration == 3 and trainer.state.epoch == 2  # stops at max_iterations, mid-epoch
     for k, v in net.teacher.state_dict().items():
         assert torch.equal(v, teacher0[k]), f"teacher changed: {k}"
     assert any(not torch.equal(v, student0[k]) for k, v in net.decoder.state_dict().items())
@@ -104,7 +103,7 @@ def test_checkpoint_resume_restores_iteration_model_optimizer(tmp_path):
     seen = []
     trainer2.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
     trainer2.run()
-    assert seen == [5, 6]
+    assert seen == [5, 6]  # the configured limit (6), not the checkpoint's (4)
     # a models/model.pt file is not a training checkpoint
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     trainer3, opt3 = _trainer(SCRD("efficientnet_lite0", pretrained=False), data, 6)
@@ -126,16 +125,37 @@ def test_resolve_resume_and_flags(tmp_path):
     assert [as_bool(v) for v in ("true", "False", "0", 1, None, "yes")] == [True, False, False, True, False, True]
     assert resolve_pretrained("false") is False and resolve_pretrained(True) is True
     assert resolve_pretrained("/w/teacher.pth") == "/w/teacher.pth"
-    assert epochs_for(10, 4) == 3 and epochs_for(8, 4) == 2
     with pytest.raises(ValueError):
-        epochs_for(10, 0)
+        IterationLimit(0)
 
 
-def test_config_file_from_argv():
-    assert _config_files_from_argv(["run", "--config_file", "a/configs/train.json"]) == ["a/configs/train.json"]
-    assert _config_files_from_argv(["--config_file", "['a/c/t.json','a/c/e.json']"]) == ["a/c/t.json", "a/c/e.json"]
-    assert _config_files_from_argv(["--config_file=x.json"]) == ["x.json"]
-    assert _config_files_from_argv(["run"]) == []
+def test_find_bundle_root(tmp_path, monkeypatch):
+    (tmp_path / "b" / "configs").mkdir(parents=True)
+    (tmp_path / "b" / "configs" / "train.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "b")
+    assert find_bundle_root() == str(tmp_path / "b")
+    (tmp_path / "repo" / "bundles" / "scrd" / "configs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert find_bundle_root() == str(tmp_path / "repo" / "bundles" / "scrd")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--bundle_root"):
+        find_bundle_root()
+
+
+def test_progress_log_one_line(caplog):
+    class _E:
+        class state:
+            iteration, max_iters = 10, 40
+            output = [{"loss": torch.tensor(0.5), "alpha": torch.tensor([0.2, 0.3, 0.5])}]
+
+    log = ProgressLog()
+    with caplog.at_level("INFO", logger="monai_scrd.engines"):
+        log(_E)
+        _E.state.iteration = 20
+        log(_E)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "iteration 10/40: loss 0.5 alpha_1 0.2 alpha_2 0.3 alpha_3 0.5"
+    assert lines[1].startswith("iteration 20/40: loss 0.5") and "s/it" in lines[1] and "s left" in lines[1]
 
 
 def test_fit_threshold():
@@ -155,14 +175,14 @@ def test_datalist_paths_and_errors(tmp_path):
     _png(tmp_path / "a.png")
     dl = tmp_path / "dl.json"
     dl.write_text(json.dumps({"training": [{"image": "a.png"}], "test": [{"image": "b.png", "label": 1}]}))
-    assert load_datalist(dl, "training") == [{"image": str(tmp_path / "a.png")}]
-    assert load_datalist(dl, "test")[0]["image"] == str(tmp_path / "b.png")
-    assert load_datalist(dl, "validation", required=False) == []
+    assert load_datalist(dl)["training"] == [{"image": str(tmp_path / "a.png")}]
+    assert load_datalist(dl)["test"][0]["image"] == str(tmp_path / "b.png")
+    assert load_datalist(dl).get("validation", []) == []
     with pytest.raises(DataError, match="missing key 'validation'"):
-        load_datalist(dl, "validation")
+        load_datalist(dl, require=("validation",))
     dl.write_text(json.dumps({"training": [{"img": "a.png"}]}))
     with pytest.raises(ValueError, match=r"training\[0\] has no 'image'"):
-        load_datalist(dl, "training")
+        load_datalist(dl)
     assert [os.path.basename(i["image"]) for i in list_inputs(str(tmp_path))] == ["a.png"]
 
 
@@ -175,15 +195,15 @@ def test_datalist_absolute_paths_need_allow_absolute(tmp_path):
     dl.write_text(json.dumps({"training": [{"image": str(tmp_path / "a.png")}], "test": [{"image": "../a.png", "label": 1}]}))
     # the whole file is validated: the absolute training path is refused even when asking for another list
     with pytest.raises(DataError, match=r"dl\.json: training\[0\]\.image is an absolute path"):
-        load_datalist(dl, "test")
+        load_datalist(dl)
     with pytest.raises(DataError, match=r"training\[0\]\.image is an absolute path"):
         list_inputs(str(dl), "training")
-    assert load_datalist(dl, "training", allow_absolute=True) == [{"image": str(tmp_path / "a.png")}]
-    assert load_datalist(dl, "test", allow_absolute="true")[0]["image"] == str(tmp_path / "a.png")  # ".." allowed too
+    assert load_datalist(dl, allow_absolute=True)["training"] == [{"image": str(tmp_path / "a.png")}]
+    assert load_datalist(dl, allow_absolute=True)["test"][0]["image"] == str(tmp_path / "a.png")  # ".." allowed too
     assert [i["image"] for i in list_inputs(str(dl), "test", allow_absolute=True)] == [str(tmp_path / "a.png")]
     dl.write_text(json.dumps({"test": [{"image": "../a.png", "label": 1}]}))
     with pytest.raises(DataError, match="outside the dataset folder"):
-        load_datalist(dl, "test")
+        load_datalist(dl)
 
 
 def test_training_items_lists_all_unreadable_images(tmp_path):
@@ -200,38 +220,35 @@ def test_training_items_lists_all_unreadable_images(tmp_path):
     assert training_items(dl) == [{"image": str(tmp_path / "a.png")}]
 
 
-def test_safe_dataset_and_score_collector(tmp_path):
+def test_evaluator_over_the_scorer_and_score_collector(tmp_path):
     from monai.data import DataLoader
-
-    from monai_scrd.data import preprocessing_transforms
 
     good = [_png(tmp_path / f"n{i}.png") for i in range(3)]
     (tmp_path / "bad.png").write_bytes(b"nope")
     items = [{"image": p, "label": i % 2} for i, p in enumerate(good)] + [{"image": str(tmp_path / "bad.png"), "label": 1}]
     items.append({"image": _png(tmp_path / "n3.png"), "label": 1})
-    import monai_scrd.data
-
-    assert SafeDataset is monai_scrd.data.SafeDataset  # one SafeDataset, re-exported by engines
-    ds = SafeDataset(items, preprocessing_transforms("image", 64), (3, 64, 64))
-    assert ds[3]["error"] and ds[0]["error"] == "" and ds[0]["image"].shape == (3, 64, 64)
-    no_label = {k: v for k, v in ds[2].items() if k != "label"}  # collated as -1; extra keys are dropped
-    batch = EvalCollate((3, 64, 64))([no_label, {**ds[3], "extra": "x"}])
-    assert batch["label"].tolist() == [-1, 1] and batch["image"].shape == (2, 3, 64, 64)
-    assert [bool(e) for e in batch["error"]] == [False, True]
-    assert EvalCollate((3, 32, 32))([ds[0]])["error"][0].endswith("expected (3, 32, 32)")
     net = SCRD("efficientnet_lite0", pretrained=False)
     (tmp_path / "thr.json").write_text(json.dumps({"threshold": 0.5}))
-    report = ErrorReport(str(tmp_path / "out" / "errors.csv"))
-    collector = ScoreCollector("test", str(tmp_path / "out"), str(tmp_path / "thr.json"), error_report=report)
-    ev = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(ds, batch_size=2, collate_fn=EvalCollate((3, 64, 64))), network=net,
-                             iteration_update=SCRDEvalStep(), val_handlers=[collector], decollate=False)
+    scorer = Scorer(net, image_size=64, threshold=str(tmp_path / "thr.json"))
+    ds = ScoringDataset(items, scorer)
+    assert ds[3].error.startswith(str(tmp_path / "bad.png")) and ds[0].error == "" and ds[0].images.shape == (1, 3, 64, 64)
+    errors = ErrorCollector(str(tmp_path / "out" / "errors.csv"))
+    collector = ScoreCollector("test", str(tmp_path / "out"), str(tmp_path / "thr.json"), errors=errors)
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_prepared)
+    ev = SupervisedEvaluator(device="cpu", val_data_loader=loader, network=net, iteration_update=SCRDEvalStep(scorer),
+                             val_handlers=[collector], decollate=False)
     ev.run()
     assert {"auroc", "average_precision", "f1", "accuracy"} <= set(ev.state.metrics)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_errors"] == 1 and metrics["n_scored"] == 4 and "stored_threshold" in metrics
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    expected = {r.path: r for r in scorer.score(items)}
+    for row in rows:  # the evaluator's numbers are the scorer's
+        assert float(row["score"]) == pytest.approx(expected[row["path"]].score, abs=1e-6)
+        assert row["is_anomaly"] == str(int(expected[row["path"]].is_anomaly))
     assert (tmp_path / "out" / "errors.csv").is_file() and (tmp_path / "out" / "roc_curve.png").is_file()
     with pytest.raises(SystemExit):
-        report.check()
+        errors.check()
 
 
 def test_anomaly_inference_in_process(tmp_path):
@@ -241,9 +258,11 @@ def test_anomaly_inference_in_process(tmp_path):
     _png(tmp_path / "x.png")
     aff = np.diag([2.0, 3.0, 1.0, 1.0])
     nib.save(nib.Nifti1Image(np.random.rand(50, 40, 1).astype(np.float32), aff), tmp_path / "y.nii")
-    inf = AnomalyInference(net, str(tmp_path / "out"), image_size=64, threshold_path=None)
+    inf = AnomalyInference(Scorer(net, image_size=64), str(tmp_path / "out"))
     rows = inf([str(tmp_path / "x.png"), str(tmp_path / "y.nii"), str(tmp_path / "missing.png")])
-    assert len(rows) == 2 and rows[0]["is_anomaly"] == ""
+    assert len(rows) == 2 and rows[0]["is_anomaly"] is None
     m = nib.load(rows[1]["anomaly_map"])
     assert m.shape == (50, 40, 1) and np.allclose(m.affine, aff)
-    assert len(inf.error_report.errors) == 1 and "missing.png" in inf.error_report.errors[0][0]
+    assert len(inf.errors) == 1 and "missing.png" in inf.errors.rows[0][0]
+    with open(tmp_path / "out" / "scores.csv") as f:
+        assert [r["is_anomaly"] for r in csv.DictReader(f)] == ["", ""]

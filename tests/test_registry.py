@@ -129,7 +129,7 @@ def test_load_by_alias_in_fresh_process(registered, tmp_path):
     import nibabel as nib
 
     assert nib.load(rows[2]["map_path"]).shape[:2] == (48, 40)  # NIfTI map at the input's own size
-    assert rows[3]["score"] is None or np.isnan(rows[3]["score"])  # NaN in JSON -> None
+    assert rows[3]["score"] is None  # a failed row has no score (JSON null, never NaN)
     assert "broken.png" in rows[3]["error"] and rows[3]["is_anomaly"] is None and rows[3]["map_path"] == ""
     assert "missing.png" in rows[4]["error"] and "not found" in rows[4]["error"]
     assert rows[5]["error"] == "" and np.isfinite(rows[5]["score"])  # 3D NIfTI scored slice by slice
@@ -168,12 +168,13 @@ def test_rest_scoring_on_loopback(registered, tmp_path):
                 "params": {"return_map": True, "map_dir": str(tmp_path / "maps"), "map_format": "png"}}
         req = urllib.request.Request(base + "/invocations", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
-        preds = json.loads(urllib.request.urlopen(req, timeout=120).read().decode())["predictions"]
+        text = urllib.request.urlopen(req, timeout=120).read().decode()
+        preds = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the REST answer: not valid JSON"))["predictions"]
         expected = direct_scores(registered["net"], [imgs[k] for k in GOOD])
         for row, exp in zip(preds[:3], expected):
             assert row["error"] == "" and abs(row["score"] - exp) <= TOL
             assert isinstance(row["is_anomaly"], bool) and row["map_path"].endswith(".png") and os.path.isfile(row["map_path"])
-        assert "broken.png" in preds[3]["error"]
+        assert "broken.png" in preds[3]["error"] and preds[3]["score"] is None and preds[3]["is_anomaly"] is None
         bad = urllib.request.Request(base + "/invocations", data=json.dumps({"dataframe_split": {"columns": ["img"], "data": [[1]]}}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -266,9 +267,9 @@ def test_register_trained_model_hook(registered, tmp_path, monkeypatch):
         metadata=os.path.join(registered["bundle"], "configs", "metadata.json"), tracking_uri=uri, alias="champion",
     )
     assert str(mv.version) == "1"
-    from monai_scrd.registry import SCRDScorer
+    from monai_scrd.registry import scorer_from_dir
 
     local = _download(mv.source, uri)
-    scorer = SCRDScorer.from_dir(os.path.join(local, "artifacts"), device="cpu")
-    score = scorer.score_files([registered["images"]["dicom"]])[0]["score"]
+    _, scorer = scorer_from_dir(os.path.join(local, "artifacts"), device="cpu")
+    score = next(scorer.score([registered["images"]["dicom"]])).score
     assert abs(score - direct_scores(registered["net"], [registered["images"]["dicom"]])[0]) <= TOL

@@ -1,5 +1,6 @@
 """Medical image input for SCRD: validating readers (DICOM, NIfTI, PNG/JPEG), preprocessing transforms, datalists,
-slice-wise volume scoring and per-file error handling for batch jobs.
+volume slicing, one-line error messages and the check of training images. It reads and validates data and never runs
+a model (scoring is :mod:`monai_scrd.scoring`).
 
 Attributes are imported lazily, so ``python -m monai_scrd.prepare`` starts without importing torch/MONAI.
 """
@@ -22,17 +23,8 @@ _EXPORTS = {
         "array_transforms",
         "DataCompose",
     ],
-    "volume": ["slice_volume", "assemble_volume", "aggregate_scores", "score_slices", "score_volume", "save_map_nifti", "VolumeScore"],
-    "robust": [
-        "unwrap_error",
-        "error_message",
-        "safe_load",
-        "FileErrors",
-        "validate_training_files",
-        "check_training_files",
-        "score_files",
-        "SafeDataset",
-    ],
+    "volume": ["slice_volume", "assemble_volume"],
+    "robust": ["unwrap_error", "error_message", "validate_training_files", "check_training_files"],
     "datalist": ["DATALIST_KEYS", "load_datalist", "validate_datalist", "resolve_path"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

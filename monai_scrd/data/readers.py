@@ -75,7 +75,7 @@ def _check_2d(path: str, arr: np.ndarray, what: str) -> None:
 def _volume_refused(path: str, shape: tuple, what: str) -> DataError:
     return DataError(
         f"{path}: {what} of shape {shape} is a 3D volume, not a 2D image; score it slice by slice "
-        "(monai_scrd.data.score_volume) or read it with allow_volume=True"
+        "(monai_scrd.scoring.Scorer) or read it with allow_volume=True"
     )
 
 
@@ -279,7 +279,7 @@ class LoadMedicalImage(Transform):
     """Load and validate a file into a channel-first ``MetaTensor`` (``[C, H, W]``; volumes ``[1, X, Y, Z]``).
 
     Args:
-        allow_volume: accept 3D volumes (otherwise they raise :class:`DataError` pointing to ``score_volume``).
+        allow_volume: accept 3D volumes (otherwise they raise :class:`DataError` pointing to the slice-wise scorer).
         apply_voi: apply DICOM VOI LUT / windowing when present.
     """
 

@@ -187,7 +187,7 @@ def preprocessing_transforms(
 ) -> Compose:
     """Load and validate (DICOM/NIfTI/PNG/JPEG, see :class:`LoadMedicalImaged`), grayscale to ``channels`` channels,
     resize to ``image_size`` and scale intensities to [0, 1]. For 2D images; a 3D volume raises a ``DataError``
-    (score volumes with ``monai_scrd.data.score_volume``).
+    (volumes are scored slice by slice by ``monai_scrd.scoring.Scorer``).
 
     Output: ``{"image": float32 MetaTensor [channels, H, W] in [0, 1]}`` with rows first (no transpose).
 

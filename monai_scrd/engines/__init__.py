@@ -1,4 +1,5 @@
 """MONAI/Ignite engines and handlers for training, evaluating and running SCRD (used by ``bundles/scrd``).
+Scoring itself is :mod:`monai_scrd.scoring` (one scorer for evaluation, inference, the registry and MONAI Label).
 
 Attributes are imported lazily, so that ``monai_scrd.engines.training`` (the one training step, also used by the
 benchmarks) imports without the scoring, registry and MLflow stack.
@@ -9,33 +10,31 @@ from __future__ import annotations
 from monai_scrd._lazy import lazy_exports
 
 _EXPORTS = {
-    "evaluation": ["ErrorReport", "EvalCollate", "SafeDataset", "SCRDEvalStep"],
+    "evaluation": ["SCRDEvalStep"],
     "handlers": [
-        "MaxIterationsHandler",
-        "MLflowExtrasHandler",
+        "IterationLimit",
+        "MLflowRunExtras",
+        "ProgressLog",
         "ScoreCollector",
         "TrainerCheckpointLoader",
         "TrainerCheckpointSaver",
         "TrainingFinalizer",
-        "find_mlflow_handler",
+        "find_mlflow_run",
         "fit_threshold",
-        "load_threshold",
     ],
     "inference": ["AnomalyInference"],
     "selection": ["SyntheticValidation", "synthetic_validation_metrics"],
     "training": ["SCRDTrainStep", "alpha_metric_names", "ratio_metric_names", "train_log_values"],
     "utils": [
         "as_bool",
-        "epochs_for",
         "find_bundle_root",
         "is_rank0",
         "latest_checkpoint",
         "list_inputs",
-        "load_datalist",
         "load_model_weights",
-        "training_items",
         "resolve_pretrained",
         "resolve_resume",
+        "training_items",
         "unwrap",
     ],
 }

@@ -1,91 +1,81 @@
-"""Ignite handlers for the SCRD bundle: iteration limit, score collection/evaluation outputs, final model export
-with a fitted threshold, and MLflow extras (params, per-iteration alpha, artifacts) on top of MONAI's MLFlowHandler."""
+"""Ignite handlers for the SCRD bundle: the iteration limit and progress line, score collection and evaluation
+outputs, the final model with a fitted threshold, and the MLflow extras that MONAI's default tracking does not log."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_scrd.engines.evaluation import SCRDEvalStep, write_errors_csv, write_json, write_scores_csv
 from monai_scrd.engines.utils import is_rank0, unwrap
 
 __all__ = [
-    "MaxIterationsHandler",
+    "IterationLimit",
+    "ProgressLog",
     "ScoreCollector",
     "TrainingFinalizer",
-    "MLflowExtrasHandler",
+    "MLflowRunExtras",
+    "find_mlflow_run",
     "fit_threshold",
-    "load_threshold",
-    "find_mlflow_handler",
 ]
 
 logger = logging.getLogger("monai_scrd.engines")
 
 
-class MaxIterationsHandler:
-    """Stops the trainer after ``max_iterations`` iterations in total (counting those before a resume), and prints a
-    progress line with the speed every ``log_every`` iterations."""
+class IterationLimit:
+    """Trains for ``max_iterations`` iterations in total, counting those before a resume, with Ignite's own limit
+    (``engine.state.max_iters``, which MONAI's workflows cannot pass to ``Engine.run``): set on the engine's state when
+    attached, instead of ``max_epochs`` (give the trainer ``max_epochs=None``). The epochs are plain passes over the
+    data loader."""
 
-    def __init__(self, max_iterations: int, log_every: int = 0) -> None:
+    def __init__(self, max_iterations: int) -> None:
+        if int(max_iterations) < 1:
+            raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
         self.max_iterations = int(max_iterations)
-        self.log_every = int(log_every)
-        self._t0 = None
-        self._it0 = 0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED, self._started_iteration)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.state.max_epochs = None
+        engine.state.max_iters = self.max_iterations
 
-    def _started_iteration(self, engine: Engine) -> None:
-        if self._t0 is None:  # first iteration of this run (after a resume: the restored iteration + 1)
-            self._t0 = time.time()
-            self._it0 = engine.state.iteration - 1
-            if self._it0 > 0:
-                engine.logger.info(f"resumed training at iteration {self._it0}")
-        if engine.state.iteration > self.max_iterations:
-            engine.logger.info(f"checkpoint is already at {self._it0} >= max_iterations={self.max_iterations}; nothing to do")
-            engine.terminate()
+
+class ProgressLog:
+    """The one training log line per log interval, as ``StatsHandler(iteration_print_logger=ProgressLog(...))``:
+    iteration of total, the values of ``output_transform`` (loss and per-scale alpha) and the speed and time left.
+
+    Args:
+        max_iterations: the total (default: the engine's ``state.max_iters``).
+        output_transform: engine output -> ``{name: float}`` (default: ``train_log_values``).
+    """
+
+    def __init__(self, max_iterations: int | None = None, output_transform: Callable | None = None) -> None:
+        self.max_iterations = max_iterations
+        self.output_transform = output_transform
+        self._last: tuple[float, int] | None = None
 
     def __call__(self, engine: Engine) -> None:
+        from monai_scrd.engines.training import train_log_values
+
         it = engine.state.iteration
-        if self.log_every and is_rank0() and (it % self.log_every == 0 or it == self.max_iterations):
-            done = it - self._it0
-            rate = (time.time() - self._t0) / max(done, 1)
-            engine.logger.info(
-                f"iteration {it}/{self.max_iterations} ({rate:.2f} s/it, ~{rate * (self.max_iterations - it):.0f} s left)"
-            )
-        if it >= self.max_iterations:
-            engine.terminate()
-
-
-def _to_list(x) -> list:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().view(-1).tolist()
-    return list(x)
-
-
-def load_threshold(path: str | None) -> dict | None:
-    """The stored threshold file (``{"threshold": float, ...}``) or None when ``path`` is empty/missing."""
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not isinstance(data.get("threshold"), (int, float)):
-        raise ValueError(f"{path}: not a threshold file (expected {{'threshold': number, ...}})")
-    return data
+        total = self.max_iterations or engine.state.max_iters
+        values = (self.output_transform or train_log_values)(engine.state.output)
+        line = f"iteration {it}/{total}: " + " ".join(f"{k} {v:.5g}" for k, v in values.items())
+        now = time.perf_counter()
+        if self._last is not None and it > self._last[1]:
+            rate = (now - self._last[0]) / (it - self._last[1])
+            line += f" ({rate:.2f} s/it" + (f", ~{rate * (total - it):.0f} s left)" if total else ")")
+        self._last = (now, it)
+        logger.info(line)
 
 
 def fit_threshold(scores: Sequence[float], percentile: float = 99.0) -> float:
     """Decision threshold from anomaly scores of held-out *normal* images: their ``percentile``-th percentile, so about
     (100 - percentile)% of normal images are flagged. Uses no anomalous images and no test labels."""
-    arr = np.asarray(scores, dtype=float)
+    arr = np.asarray([s for s in scores if s is not None], dtype=float)
     arr = arr[np.isfinite(arr)]
     if arr.size == 0:
         raise ValueError("no finite validation scores to fit a threshold on")
@@ -93,35 +83,42 @@ def fit_threshold(scores: Sequence[float], percentile: float = 99.0) -> float:
 
 
 class ScoreCollector:
-    """Collects the image scores from :class:`SCRDEvalStep` outputs over one evaluator run.
+    """Collects the :class:`~monai_scrd.scoring.ScoreResult` of an evaluator's :class:`SCRDEvalStep` over one run.
 
     ``mode="validation"`` (held-out normals during training): puts ``val_mean_score``, ``val_std_score``,
     ``val_p99_score`` into ``engine.state.metrics`` (lower mean = student reproduces normal images better; used for
     monitoring only, never for model selection on test labels).
 
     ``mode="test"`` (labelled test list): computes AUROC / AP / F1 / accuracy at the best-F1 threshold
-    (``detection_metrics``, the paper's protocol, fitted on the test labels) and, when ``threshold_path`` holds a
-    stored threshold (fitted on validation normals), F1/accuracy at that threshold too; writes ``metrics.json``,
-    ``scores.csv``, ``roc_curve.png``, ``score_histogram.png`` and ``errors.csv`` (unreadable inputs) into
-    ``output_dir`` and puts the metrics into ``engine.state.metrics``.
+    (``detection_metrics``, the paper's protocol, fitted on the test labels) and, with a stored threshold (fitted on
+    validation normals), F1/accuracy at that threshold too; writes ``metrics.json``, ``scores.csv`` (the scorer's
+    decision in ``is_anomaly``), ``roc_curve.png``, ``score_histogram.png`` and ``errors.csv`` into ``output_dir``,
+    adds the unreadable files to ``errors`` and puts the metrics into ``engine.state.metrics``.
+
+    Args:
+        mode: ``"validation"`` or ``"test"``.
+        output_dir: where the test outputs go.
+        threshold: the stored threshold (number, file or record; see ``read_threshold``), for the metrics at it.
+        errors: :class:`~monai_scrd.scoring.ErrorCollector` that also gets the failed files (for the exit status).
+        extra_info: written into ``metrics.json``.
     """
 
     def __init__(
         self,
         mode: str = "test",
         output_dir: str | None = None,
-        threshold_path: str | None = None,
-        error_report=None,
+        threshold=None,
+        errors=None,
         extra_info: Mapping | None = None,
     ) -> None:
         if mode not in ("validation", "test"):
             raise ValueError(f"mode {mode!r} is not 'validation' or 'test'")
         self.mode = mode
         self.output_dir = output_dir
-        self.threshold_path = threshold_path
-        self.error_report = error_report
+        self.threshold = threshold
+        self.errors = errors
         self.extra_info = dict(extra_info or {})
-        self.rows: list[dict] = []
+        self.results: list = []
         self.files: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -130,18 +127,16 @@ class ScoreCollector:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._compute)
 
     def _reset(self, engine: Engine) -> None:
-        self.rows = []
+        self.results = []
         self.files = []
 
     def _collect(self, engine: Engine) -> None:
-        out = engine.state.output
-        for path, score, label, error in zip(out["path"], _to_list(out["score"]), _to_list(out["label"]), out["error"]):
-            self.rows.append({"path": path, "score": float(score), "label": int(label), "error": error})
+        self.results.extend(engine.state.output["results"])
 
-    def _gather(self) -> list[dict]:
+    def _gather(self) -> list:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.rows)
+            torch.distributed.all_gather_object(gathered, [r.row() for r in self.results])
             seen, rows = set(), []
             for part in gathered:
                 for r in part:
@@ -149,12 +144,13 @@ class ScoreCollector:
                         seen.add(r["path"])
                         rows.append(r)
             return rows
-        return self.rows
+        return [r.row() for r in self.results]
 
     def _compute(self, engine: Engine) -> None:
+        from monai_scrd.scoring import ScoreWriter, read_threshold, write_json
+
         rows = self._gather()
         good = [r for r in rows if not r["error"]]
-        bad = [(r["path"], r["error"]) for r in rows if r["error"]]
         scores = np.array([r["score"] for r in good], dtype=float)
         if self.mode == "validation":
             if scores.size:
@@ -168,17 +164,16 @@ class ScoreCollector:
         if not is_rank0():
             return
         from monai_scrd.scoring import detection_metrics, threshold_metrics
+        from monai_scrd.scoring.plots import save_roc_curve, save_score_histogram
 
         out_dir = self.output_dir or "."
         os.makedirs(out_dir, exist_ok=True)
-        labels = np.array([r["label"] for r in good], dtype=int)
-        stored = load_threshold(self.threshold_path)
-        metrics: dict = {"n_images": len(rows), "n_scored": len(good), "n_errors": len(bad), **self.extra_info}
+        labels = np.array([r.get("label", -1) for r in good], dtype=int)
+        stored = read_threshold(self.threshold, missing_ok=True)
+        metrics: dict = {"n_images": len(rows), "n_scored": len(good), "n_errors": len(rows) - len(good), **self.extra_info}
         if good and set(np.unique(labels)) == {0, 1}:
             metrics.update(detection_metrics(labels, scores))
             metrics["threshold_source"] = "best F1 on the test labels (paper protocol)"
-            from monai_scrd.engines.plots import save_roc_curve, save_score_histogram
-
             self.files.append(save_roc_curve(labels, scores, os.path.join(out_dir, "roc_curve.png")))
             self.files.append(
                 save_score_histogram(labels, scores, os.path.join(out_dir, "score_histogram.png"),
@@ -187,52 +182,58 @@ class ScoreCollector:
             if stored is not None:
                 metrics["stored_threshold"] = {
                     **threshold_metrics(labels, scores, stored["threshold"]),
-                    "source": f"{self.threshold_path} ({stored.get('method', 'stored')})",
+                    "source": f"{self.threshold} ({stored.get('method', 'stored')})",
                 }
         else:
-            logger.warning("test list needs labels 0 and 1 for AUROC/AP/F1; writing scores only")
-        for r in rows:
-            r["is_anomaly"] = int(r["score"] >= stored["threshold"]) if (stored and not r["error"]) else ""
-        self.files.append(write_json(os.path.join(out_dir, "metrics.json"), metrics))
-        self.files.append(
-            write_scores_csv(os.path.join(out_dir, "scores.csv"), [r for r in rows if not r["error"]],
-                             ["path", "label", "score", "is_anomaly"])
-        )
-        errors_csv = write_errors_csv(os.path.join(out_dir, "errors.csv"), bad)
-        if errors_csv:
-            self.files.append(errors_csv)
-        if self.error_report is not None:
-            for p, e in bad:
-                self.error_report.add(p, e)
+            logger.warning("the test list needs labels 0 and 1 for AUROC/AP/F1; writing scores only")
+        with ScoreWriter(out_dir, columns=["path", "label", "score", "is_anomaly"]) as writer:
+            for r in rows:
+                if not r["error"]:
+                    writer.add_row(r)
+                    continue
+                writer.errors.add(r["path"], r["error"])
+                if self.errors is not None:
+                    self.errors.add(r["path"], r["error"])
+        self.files += [write_json(os.path.join(out_dir, "metrics.json"), metrics), writer.scores_csv, writer.errors.errors_csv]
         engine.state.metrics.update(
             {k: v for k, v in metrics.items()
              if k not in self.extra_info and isinstance(v, (int, float)) and not isinstance(v, bool)}
         )
         engine.state.scrd_artifacts = list(self.files)
-        engine.logger.info("evaluation: " + ", ".join(
+        logger.info("evaluation: " + ", ".join(
             f"{k}={metrics[k]:.4f}" for k in ("auroc", "average_precision", "f1", "accuracy") if k in metrics
         ) + f" -> {out_dir}")
 
 
 class TrainingFinalizer:
     """At the end of training (rank 0): writes the final weights ``{"model": state_dict}`` to ``model_path`` and, with
-    a validation data loader of held-out normals, the decision threshold (``percentile`` of their scores) to
-    ``threshold_path``; both become MLflow artifacts when tracking is on. With a ``selection``
-    (:class:`~monai_scrd.engines.SyntheticValidation`), its ``select(engine)`` first loads the selected weights (best
-    synthetic-validation or last, its ``model_selection``) into the network, and what it returns (iteration and
-    validation AUROCs of the best and the last evaluations) is added to the threshold file. With ``calibrate_scales``,
-    the per-scale calibration of the anomaly map (:meth:`~monai_scrd.scoring.AnomalyMapGenerator.calibrate`) is then
-    fitted on the validation normals, before the weights are saved and the threshold is fitted."""
+    a validation loader of held-out normals, the decision threshold (``percentile`` of their scores, computed by the
+    ``scorer``) to ``threshold_path``; both become MLflow artifacts when tracking is on.
+
+    Args:
+        network: the trained network.
+        model_path: where the final weights go.
+        threshold_path: where the threshold goes.
+        scorer: the :class:`~monai_scrd.scoring.Scorer` of the validation (on ``network``).
+        val_loader: loader of a :class:`~monai_scrd.scoring.ScoringDataset` of the validation normals.
+        percentile: of the validation scores.
+        extra_info: written into the threshold file.
+        selection: :class:`~monai_scrd.engines.SyntheticValidation`; its ``select(engine)`` first loads the selected
+            weights (best synthetic-validation or last, its ``model_selection``) into the network, and what it returns
+            (iteration and validation AUROCs of the best and the last evaluations) is added to the threshold file.
+        calibrate_scales: then fit the per-scale calibration of the anomaly map
+            (:meth:`~monai_scrd.scoring.AnomalyMapGenerator.calibrate`) on the validation normals, before the weights
+            are saved and the threshold is fitted.
+    """
 
     def __init__(
         self,
         network: torch.nn.Module,
         model_path: str,
         threshold_path: str | None = None,
+        scorer=None,
         val_loader=None,
         percentile: float = 99.0,
-        reduction: str = "mean",
-        device=None,
         extra_info: Mapping | None = None,
         selection=None,
         calibrate_scales: bool = False,
@@ -242,44 +243,31 @@ class TrainingFinalizer:
         self.calibrate_scales = bool(calibrate_scales)
         self.model_path = model_path
         self.threshold_path = threshold_path
+        self.scorer = scorer
         self.val_loader = val_loader
         self.percentile = float(percentile)
-        self.reduction = reduction
-        self.device = device
         self.extra_info = dict(extra_info or {})
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
-    @torch.no_grad()
-    def validation_scores(self, device) -> np.ndarray:
-        step = SCRDEvalStep(self.reduction)
-
-        class _E:  # minimal engine stand-in for the eval step
-            pass
-
-        e = _E()
-        e.network, e.amp = self.network, False
-        e.state = type("S", (), {"device": device})()
-        scores = []
-        for batch in self.val_loader:
-            out = step(e, batch)
-            scores.extend(s for s in out["score"].tolist() if np.isfinite(s))
+    def validation_scores(self) -> np.ndarray:
+        """Scores of the validation images that could be scored."""
+        scores = [r.score for batch in self.val_loader for r in self.scorer.score_prepared(batch) if r.ok]
         return np.asarray(scores, dtype=float)
 
     @torch.no_grad()
-    def fit_scale_calibration(self, device) -> dict:
+    def fit_scale_calibration(self) -> dict:
         """Per-scale calibration of the anomaly map from the validation normals (see ``calibrate_scales``)."""
         net = unwrap(self.network)
+        device = next(net.parameters()).device
         was_training = net.training
         net.eval()
         chunks = []
         for batch in self.val_loader:
-            ok = torch.tensor([not e for e in batch.get("error", [""] * len(batch["image"]))], dtype=torch.bool)
-            if ok.any():
-                x = torch.as_tensor(batch["image"])[ok]
-                x = x.as_tensor() if hasattr(x, "as_tensor") else x
-                chunks.append(net.scale_scores(x.to(device))[0].float().cpu())
+            good = [p.images for p in batch if not p.error]
+            if good:
+                chunks.append(net.scale_scores(torch.cat(good).to(device))[0].float().cpu())
         net.train(was_training)
         if not chunks:
             raise ValueError("calibrate_scales needs validation (normal) images, but none could be read")
@@ -288,21 +276,21 @@ class TrainingFinalizer:
                                       "n_images": int(sum(len(c) for c in chunks))}}
 
     def __call__(self, engine: Engine) -> None:
+        from monai_scrd.scoring import write_json
+
         if not is_rank0():
             return
         net = unwrap(self.network)
         selection_info = self.selection.select(engine) if self.selection is not None else {}
         if self.calibrate_scales and self.val_loader is not None:
-            selection_info.update(self.fit_scale_calibration(self.device if self.device is not None else engine.state.device))
+            selection_info.update(self.fit_scale_calibration())
             engine.logger.info(f"per-scale calibration on the validation normals: {selection_info['scale_calibration']}")
         os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, self.model_path)
         files = [self.model_path]
-        engine.logger.info(f"saved final model weights to {self.model_path} (iteration {engine.state.iteration})")
-        if self.threshold_path and self.val_loader is not None:
-            was_training = net.training
-            scores = self.validation_scores(self.device if self.device is not None else engine.state.device)
-            net.train(was_training)
+        logger.info(f"saved final model weights to {self.model_path} (iteration {engine.state.iteration})")
+        if self.threshold_path and self.val_loader is not None and self.scorer is not None:
+            scores = self.validation_scores()
             if scores.size:
                 thr = fit_threshold(scores, self.percentile)
                 info = {
@@ -311,100 +299,114 @@ class TrainingFinalizer:
                     "fitted_on": "validation",
                     "n_images": int(scores.size),
                     "validation_mean_score": float(scores.mean()),
-                    "score_reduction": self.reduction,
+                    "score_reduction": self.scorer.score_reduction,
+                    "preprocessing": self.scorer.preprocessing,
                     "iteration": int(engine.state.iteration),
                     **self.extra_info,
                     **selection_info,
                 }
                 files.append(write_json(self.threshold_path, info))
                 engine.state.metrics["threshold"] = thr
-                engine.logger.info(f"decision threshold {thr:.5g} ({info['method']}) -> {self.threshold_path}")
+                logger.info(f"decision threshold {thr:.5g} ({info['method']}) -> {self.threshold_path}")
             else:
-                engine.logger.warning("no validation images could be scored; no threshold file written")
+                logger.warning("no validation images could be scored; no threshold file written")
         engine.state.scrd_artifacts = list(getattr(engine.state, "scrd_artifacts", [])) + files
 
 
-def find_mlflow_handler(engine: Engine):
-    """The ``monai.handlers.MLFlowHandler`` attached to ``engine`` (by ``--tracking mlflow``), or None."""
-    from monai.handlers import MLFlowHandler
+def find_mlflow_run(tracking_uri: str | None, experiment_name: str, run_name: str):
+    """``(MlflowClient, run_id)`` of the run named ``run_name`` in ``experiment_name`` (the run MONAI's MLFlowHandler
+    opens with the bundle's ``run_name``), or None when there is none, i.e. when tracking is off. As MONAI's handler,
+    ``$MLFLOW_TRACKING_URI`` wins over ``tracking_uri``; a local SQLite store that does not exist is not created."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+    if not uri or not run_name:
+        return None
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///"):]):
+        return None
+    from mlflow.tracking import MlflowClient
 
-    for handlers in engine._event_handlers.values():
-        for entry in handlers:
-            func = entry[0]
-            owner = getattr(func, "__self__", None)
-            if isinstance(owner, MLFlowHandler):
-                return owner
-    return None
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'", max_results=1)
+    return (client, runs[0].info.run_id) if runs else None
 
 
-class MLflowExtrasHandler:
-    """Adds SCRD specifics to the run of the MLFlowHandler that ``--tracking mlflow`` attaches (no-op without one):
-    run parameters (once), the per-scale alpha means at every iteration (``engine.state.metrics`` keys starting with
-    ``metric_prefixes``), and at completion the final metrics and the artifacts listed in
-    ``engine.state.scrd_artifacts`` (final checkpoint, threshold, ROC curve, histogram, metrics.json, scores.csv).
+class MLflowRunExtras:
+    """Logs what MONAI's ``--tracking mlflow`` handlers do not, into the same run (found by the bundle's ``run_name``
+    with MLflow's public client; nothing happens when tracking is off): the run parameters (once), the per-scale alpha
+    every ``log_interval`` iterations (``engine.state.metrics`` keys starting with ``metric_prefixes``), and at
+    completion the final metrics and the files in ``engine.state.scrd_artifacts`` (final weights, threshold, ROC
+    curve, histogram, metrics.json, scores.csv). In the handler list it comes before the MLflow handlers that
+    ``--tracking`` appends, so its completion step runs before they close the run.
 
-    Attach it *before* the MLFlowHandler (it is in the bundle's handler list; tracking appends MLflow's after), so its
-    COMPLETED callback runs before MLflow closes the run.
+    Args:
+        tracking_uri, experiment_name, run_name: as given to MONAI's MLFlowHandler (the bundle's top-level values).
+        params: run parameters.
+        metric_prefixes: ``engine.state.metrics`` logged per iteration.
+        log_interval: iterations between those metrics.
+        close_run: end the run at completion (the evaluator's MLflow handler does not).
     """
 
     def __init__(
         self,
+        tracking_uri: str | None,
+        experiment_name: str,
+        run_name: str,
         params: Mapping | None = None,
         metric_prefixes: Sequence[str] = ("alpha_",),
-        iteration_log: bool = True,
+        log_interval: int = 1,
         close_run: bool = False,
     ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.run_name = run_name
         self.params = {k: str(v) for k, v in dict(params or {}).items()}
         self.metric_prefixes = tuple(metric_prefixes)
-        self.iteration_log = iteration_log
+        self.log_interval = max(1, int(log_interval))
         self.close_run = close_run
+        self._run = None
         self._params_logged = False
 
     def attach(self, engine: Engine) -> None:
-        if self.iteration_log:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._params)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_interval), self._iteration)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
-    def _handler(self, engine: Engine):
-        if not is_rank0():
-            return None
-        h = find_mlflow_handler(engine)
-        return h if (h is not None and h.cur_run is not None) else None
+    def _client(self):
+        if self._run is None and is_rank0():
+            self._run = find_mlflow_run(self.tracking_uri, self.experiment_name, self.run_name)
+        return self._run
 
-    def _params(self, engine: Engine) -> None:
-        h = self._handler(engine)
-        if h is None or self._params_logged:
-            return
-        existing = h.client.get_run(h.cur_run.info.run_id).data.params
-        new = {k: v for k, v in self.params.items() if k not in existing}
-        if new:
-            h._log_params(new)
-        self._params_logged = True
+    def _log(self, metrics: Mapping, step: int) -> None:
+        from mlflow.entities import Metric, Param
+
+        client, run_id = self._run
+        now = int(time.time() * 1000)
+        params = []
+        if not self._params_logged:
+            existing = client.get_run(run_id).data.params
+            params = [Param(k, v) for k, v in self.params.items() if k not in existing]
+            self._params_logged = True
+        values = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
+        if params or values:
+            client.log_batch(run_id, metrics=values, params=params)
 
     def _iteration(self, engine: Engine) -> None:
-        h = self._handler(engine)
-        if h is None:
+        if self._client() is None:
             return
-        self._params(engine)
-        values = {k: float(v) for k, v in engine.state.metrics.items() if k.startswith(self.metric_prefixes)}
-        if values:
-            h._log_metrics(values, step=engine.state.iteration)
+        self._log({k: v for k, v in engine.state.metrics.items() if k.startswith(self.metric_prefixes)}, engine.state.iteration)
 
     def _completed(self, engine: Engine) -> None:
-        h = self._handler(engine)
-        if h is None:
+        if self._client() is None:
             return
-        self._params(engine)
-        final = {k: float(v) for k, v in engine.state.metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-        if final:
-            h._log_metrics(final, step=engine.state.iteration)
+        client, run_id = self._run
+        self._log(dict(engine.state.metrics), engine.state.iteration)
         for path in getattr(engine.state, "scrd_artifacts", []):
             if path and os.path.isfile(path):
-                h.client.log_artifact(h.cur_run.info.run_id, path)
+                client.log_artifact(run_id, path)
         if self.close_run:
-            h.close()
+            client.set_terminated(run_id)
 
 
 def _engine_objects(engine: Engine) -> dict:
@@ -445,8 +447,13 @@ class TrainerCheckpointLoader(_CheckpointLoader):
                              "use a file from ckpt_dir, not models/model.pt")
         if "scaler" in self.load_dict and "scaler" not in data:
             self.load_dict.pop("scaler")
+        limit = engine.state.max_iters  # the configured limit wins over the checkpoint's, as MONAI does for max_epochs
         super().__call__(engine)
-        engine.logger.info(f"resuming from {self.load_path} at iteration {engine.state.iteration}")
+        if limit is not None:
+            engine.state.max_epochs, engine.state.max_iters = None, limit
+            if engine.state.iteration >= limit:
+                logger.info(f"the checkpoint is already at iteration {engine.state.iteration} >= {limit}; nothing to train")
+        logger.info(f"resumed training at iteration {engine.state.iteration} from {self.load_path}")
 
 
 __all__ += ["TrainerCheckpointSaver", "TrainerCheckpointLoader"]

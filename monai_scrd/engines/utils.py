@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import glob
 import os
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -15,52 +13,28 @@ __all__ = [
     "as_bool",
     "is_rank0",
     "unwrap",
-    "load_datalist",
     "training_items",
     "list_inputs",
     "latest_checkpoint",
     "resolve_resume",
     "resolve_pretrained",
-    "epochs_for",
 ]
 
 
-def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value is None:
-            continue
-        value = value.strip()
-        if value.startswith("["):
-            try:
-                return [str(v) for v in ast.literal_eval(value)]
-            except (ValueError, SyntaxError):
-                return [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip(" '\"")]
-        return [value]
-    return []
-
-
 def find_bundle_root() -> str:
-    """The bundle folder (the one holding ``configs/``), for the default ``bundle_root``.
+    """The bundle folder (the one holding ``configs/``), for the default ``bundle_root``: the current directory when it
+    is the bundle, else ``./bundles/scrd`` (a checkout of the repository).
 
-    In order: the folder above the first ``--config_file`` on the command line; the current directory if it is the
-    bundle; ``./bundles/scrd``; the copy next to this package (editable install of the repository).
+    Raises:
+        ValueError: neither; run from the bundle folder or pass ``--bundle_root /path/to/bundle``.
     """
-    for cfg in _config_files_from_argv(sys.argv):
-        folder = os.path.dirname(os.path.abspath(cfg))
-        if os.path.basename(folder) == "configs":
-            return os.path.dirname(folder)
     cwd = os.getcwd()
     if os.path.isfile(os.path.join(cwd, "configs", "train.json")):
         return cwd
     if os.path.isdir(os.path.join(cwd, "bundles", "scrd", "configs")):
         return os.path.join(cwd, "bundles", "scrd")
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(here, "bundles", "scrd")
+    raise ValueError(f"cannot tell where the SCRD bundle is from {cwd}: run from the bundle folder or pass "
+                     "--bundle_root /path/to/bundle")
 
 
 def as_bool(value) -> bool:
@@ -85,49 +59,19 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else network
 
 
-def load_datalist(
-    datalist: str | os.PathLike,
-    key: str,
-    base_dir: str | None = None,
-    required: bool = True,
-    allow_absolute: bool = False,
-) -> list[dict]:
-    """Items of ``key`` ("training", "validation", "test") in a datalist JSON, read and checked by the validated
-    loader :func:`monai_scrd.data.load_datalist`; image paths are made absolute (relative paths are taken from
-    ``base_dir``, default: the JSON's folder).
-
-    Args:
-        datalist: the datalist JSON.
-        key: the list to return.
-        base_dir: folder relative image paths are resolved against (default: the JSON's folder).
-        required: raise when ``key`` is missing or empty (else return ``[]``).
-        allow_absolute: accept absolute paths and paths leaving the base folder (``..``, symbolic links); refused by
-            default (bundle override ``--allow_absolute_paths true``).
-
-    Raises:
-        DataError: (a ``ValueError``) with a one-line message naming the file and key/index: missing or invalid JSON,
-            unknown keys, items without ``image``, bad labels, refused paths, or ``key`` missing/empty when
-            ``required``.
-    """
-    from monai_scrd.data.datalist import load_datalist as _load_validated
-
-    lists = _load_validated(
-        datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=(key,) if required else ()
-    )
-    return [dict(item) for item in lists.get(key, [])]
-
-
 def training_items(
     datalist: str | os.PathLike, base_dir: str | None = None, allow_absolute: bool = False, check_files: bool = True
 ) -> list[dict]:
-    """The datalist's ``training`` items (see :func:`load_datalist`), after checking that every training image can
+    """The datalist's ``training`` items (see :func:`monai_scrd.data.load_datalist`), after checking that every training image can
     be read (:func:`monai_scrd.data.check_training_files`): training refuses to start on bad data and names *all*
     unreadable images at once.
 
     Raises:
         DataError: invalid datalist, no training images, or unreadable training images (one line each).
     """
-    items = load_datalist(datalist, "training", base_dir=base_dir, required=True, allow_absolute=allow_absolute)
+    from monai_scrd.data.datalist import load_datalist
+
+    items = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=("training",))["training"]
     if check_files:
         from monai_scrd.data.robust import check_training_files
 
@@ -225,13 +169,6 @@ def resolve_pretrained(pretrained_weights):
     ):
         return pretrained_weights
     return as_bool(pretrained_weights)
-
-
-def epochs_for(max_iterations: int, epoch_length: int) -> int:
-    """Number of epochs so that ``epochs * epoch_length >= max_iterations`` (the trainer stops at ``max_iterations``)."""
-    if int(epoch_length) < 1:
-        raise ValueError("the training data loader is empty: check the datalist's 'training' list and the batch size")
-    return max(1, -(-int(max_iterations) // int(epoch_length)))
 
 
 def load_model_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:

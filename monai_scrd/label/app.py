@@ -36,7 +36,7 @@ class SCRDLabelApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.model_name = (conf or {}).get("models", "scrd").split(",")[0].strip() or "scrd"
-        self.scorer = load_scorer(dict(conf or {}))
+        self.spec, self.scorer = load_scorer(dict(conf or {}))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -60,7 +60,7 @@ class SCRDLabelApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {self.model_name: SCRDInferTask(self.scorer)}
+        return {self.model_name: SCRDInferTask(self.spec, self.scorer)}
 
     def init_strategies(self):
         return {}

@@ -1,7 +1,7 @@
 """MONAI Label infer task for SCRD: anomaly score and label in the result JSON, the anomaly heatmap as the result file.
 
-Needs ``monailabel`` (see ``scripts/install_label.sh``); the scoring itself is :class:`monai_scrd.registry.SCRDScorer`,
-so scores are exactly those of the bundle's inference and of the registered MLflow model.
+Needs ``monailabel`` (see ``scripts/install_label.sh``); the scoring itself is :class:`monai_scrd.scoring.Scorer`,
+so scores are exactly those of the bundle's evaluation and inference and of the registered MLflow model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from monai_scrd.registry.scorer import MAP_FORMATS, SCRDScorer, save_map
+from monai_scrd.registry.spec import ModelSpec, scorer_from_bundle, scorer_from_dir
+from monai_scrd.scoring import Scorer, save_map
 
 __all__ = ["SCRDInferTask", "InferRequestError", "load_scorer"]
 
@@ -41,12 +42,17 @@ def http_error(status_code: int, detail: str) -> Exception:
         return InferRequestError(status_code, detail)
 
 
-def load_scorer(conf: dict, device: str | None = None) -> SCRDScorer:
+MAP_FORMATS = ("nii.gz", "npy", "png")
+
+
+def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Scorer]:
     """The SCRD model an app serves, from its ``--conf`` values:
 
     * ``model_uri`` (+ optional ``tracking_uri``): a registered MLflow model, e.g. ``models:/scrd@champion``;
     * else ``bundle`` (default ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``) with optional ``checkpoint``,
       ``threshold`` (number or JSON file), ``config_file`` and ``image_size`` (override of the bundle's value).
+
+    Returns ``(spec, scorer)``.
     """
     device = device or conf.get("device") or None
     model_uri = conf.get("model_uri")
@@ -59,7 +65,7 @@ def load_scorer(conf: dict, device: str | None = None) -> SCRDScorer:
             mlflow.set_registry_uri(uri)
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
         art = os.path.join(local, "artifacts")
-        return SCRDScorer.from_dir(art if os.path.isdir(art) else local, device=device)
+        return scorer_from_dir(art if os.path.isdir(art) else local, device=device)
     bundle = conf.get("bundle") or os.environ.get("SCRD_BUNDLE")
     if not bundle:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,7 +79,7 @@ def load_scorer(conf: dict, device: str | None = None) -> SCRDScorer:
             threshold = float(threshold)
         except ValueError:
             pass
-    return SCRDScorer.from_bundle(
+    return scorer_from_bundle(
         bundle,
         checkpoint=conf.get("checkpoint") or None,
         config_file=conf.get("config_file") or None,
@@ -92,24 +98,26 @@ class SCRDInferTask(InferTask):
     or PNG/NPY (request parameter ``map_format``).
 
     Args:
+        spec: what the model is (network, preprocessing, threshold, bundle metadata).
         scorer: the loaded model.
         description: shown in ``/info/``.
     """
 
-    def __init__(self, scorer: SCRDScorer, description: str = "SCRD unsupervised anomaly detection (score + heatmap)"):
+    def __init__(self, spec: ModelSpec, scorer: Scorer, description: str = "SCRD unsupervised anomaly detection (score + heatmap)"):
         config = {"map_format": "nii.gz", "map_size": "original"}
         super().__init__(type=InferType.CLASSIFICATION, labels=["anomaly"], dimension=2, description=description, config=config)
+        self.spec = spec
         self.scorer = scorer
 
     def info(self) -> dict[str, Any]:
         d = super().info()
-        spec = self.scorer.spec
+        spec = self.spec
         d.update(
             {
-                "threshold": spec.threshold_value,
+                "threshold": self.scorer.threshold,
                 "backbone": spec.network.get("backbone"),
-                "image_size": spec.preprocessing.get("image_size", 256),
-                "score_reduction": spec.score_reduction,
+                "image_size": self.scorer.preprocessing["image_size"],
+                "score_reduction": self.scorer.score_reduction,
                 "bundle": {k: spec.metadata.get(k) for k in ("name", "version") if k in spec.metadata},
             }
         )
@@ -131,27 +139,26 @@ class SCRDInferTask(InferTask):
         map_size = str(request.get("map_size") or "original")
         if map_size not in ("original", "model"):
             raise http_error(400, f"map_size {map_size!r} is not 'original' or 'model'")
-        result = self.scorer.score_files([path], return_maps=True, map_size=map_size)[0]
-        if result["error"]:
-            raise http_error(422, result["error"])
-        if fmt == "png" and np.ndim(result["map"]) != 2:
+        result = next(self.scorer.score([path], return_maps=True, map_size=map_size))
+        if result.error:
+            raise http_error(422, result.error)
+        amap = result.anomaly_map
+        if fmt == "png" and np.squeeze(amap).ndim != 2:
             raise http_error(400, f"{path}: a 3D volume's map cannot be a PNG; use map_format nii.gz")
         t_infer = time.time()
-        amap, affine = result["map"], result.get("affine")
         out = tempfile.NamedTemporaryFile(suffix=f".{fmt}", prefix="scrd_map_", delete=False).name
-        save_map(amap, out, affine)
-        score = float(result["score"])
-        thr = self.scorer.threshold
-        is_anomaly = result["is_anomaly"]
+        header = result.source.meta.get("header") if result.source is not None else None
+        save_map(amap, out, result.affine, header)
+        score, is_anomaly = float(result.score), result.is_anomaly
         res = {
             "score": score,
             "is_anomaly": is_anomaly,
             "label": None if is_anomaly is None else ("anomaly" if is_anomaly else "normal"),
-            "threshold": thr,
+            "threshold": self.scorer.threshold,
             "map_shape": list(np.asarray(amap).shape),
             "map_max": float(np.max(amap)),
             "map_format": fmt,
-            "volume": bool(result.get("volume")),
+            "volume": result.kind == "volume",
             "latencies": {"infer": round(t_infer - t0, 4), "total": round(time.time() - t0, 4)},
         }
         logger.info(f"SCRD {os.path.basename(path)}: score={score:.6g} is_anomaly={is_anomaly}")

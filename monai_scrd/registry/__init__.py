@@ -1,6 +1,6 @@
 """MLflow model registry for SCRD: log a trained model as a self-contained MLflow pyfunc and register it.
 
-The logged model carries the weights (``model.pt``), the :class:`~monai_scrd.registry.scorer.ModelSpec`
+The logged model carries the weights (``model.pt``), the :class:`~monai_scrd.registry.spec.ModelSpec`
 (network arguments, preprocessing arguments, score reduction, fitted decision threshold, bundle metadata), a
 signature, an input example and, by default, a copy of the ``monai_scrd`` code, so it loads in a fresh process
 anywhere (``mlflow.pyfunc.load_model("models:/scrd@champion")``) with only the third-party requirements installed.
@@ -14,7 +14,7 @@ Command line (see ``python -m monai_scrd.registry --help``)::
 Backend: MLflow 3's registry needs a database store (``sqlite:///path/mlflow.db``); plain folders (file store) are
 refused with a clear error.
 
-Attributes are imported lazily: ``monai_scrd.registry.scorer`` does not need MLflow.
+Attributes are imported lazily: ``monai_scrd.registry.spec`` does not need MLflow.
 """
 
 from __future__ import annotations
@@ -33,6 +33,6 @@ _EXPORTS = {
         "RegisterModelHandler",
         "RegistryError",
     ],
-    "scorer": ["ModelSpec", "SCRDScorer", "spec_from_bundle", "read_threshold", "write_model_dir", "save_map"],
+    "spec": ["ModelSpec", "spec_from_bundle", "write_model_dir", "build_scorer", "scorer_from_dir", "scorer_from_bundle"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,18 +11,16 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from monai_scrd.registry.scorer import (
+from monai_scrd.registry.spec import (
     CHECKPOINT_FILE,
     NETWORK_TARGET,
-    PREPROCESSING_KEYS,
     SPEC_FILE,
     ModelSpec,
-    _jsonable,
     bundle_checkpoint,
-    read_threshold,
     spec_from_bundle,
     write_model_dir,
 )
+from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, json_safe, read_threshold
 
 __all__ = [
     "RegistryError",
@@ -123,7 +121,7 @@ def spec_from_network(network: Any) -> dict:
             "sigma": float(net.anomaly_map.sigma),
         }
     args = {"_target_": NETWORK_TARGET, **{k: v for k, v in args.items() if k != "_target_"}}
-    return _jsonable(args)
+    return json_safe(args)
 
 
 def _parse_param(value: str) -> Any:
@@ -386,7 +384,7 @@ def register_model(
     if network is not None:
         spec.network = spec_from_network(network)
     if preprocessing is not None:
-        spec.preprocessing = {k: v for k, v in _jsonable(dict(preprocessing)).items() if v is not None}
+        spec.preprocessing = {k: v for k, v in json_safe(dict(preprocessing)).items() if v is not None}
     if score_reduction is not None:
         spec.score_reduction = str(score_reduction)
     if threshold is not None:
@@ -395,7 +393,7 @@ def register_model(
         with open(metadata) as f:
             spec.metadata = json.load(f)
     elif metadata is not None:
-        spec.metadata = _jsonable(dict(metadata))
+        spec.metadata = json_safe(dict(metadata))
     if not spec.network.get("backbone"):
         raise RegistryError("the model spec names no backbone")
     spec.validate()
@@ -524,10 +522,11 @@ def register_trained_model(
 
 class RegisterModelHandler:
     """Ignite handler for bundle training: at ``COMPLETED`` (rank 0), register the final weights under ``name``
-    (no-op when ``name`` is empty), logging the pyfunc into the MLflow run of the attached ``MLFlowHandler`` when
-    there is one. Attach it after the handler that writes ``model_path``/``threshold_path`` (``TrainingFinalizer``).
+    (no-op when ``name`` is empty), logging the pyfunc into the training's MLflow run (the one named ``run_name``,
+    opened by ``--tracking mlflow``) when there is one, else into a new run of ``experiment_name``. Attach it after
+    the handler that writes ``model_path``/``threshold_path`` (``TrainingFinalizer``).
 
-    Args: as :func:`register_trained_model`, plus ``enabled``.
+    Args: as :func:`register_trained_model`, plus ``run_name`` and ``enabled``.
     """
 
     def __init__(
@@ -541,6 +540,7 @@ class RegisterModelHandler:
         metadata: Mapping | str | None = None,
         tracking_uri: str | None = None,
         experiment_name: str | None = "scrd",
+        run_name: str | None = None,
         alias: str | None = None,
         enabled: bool = True,
     ) -> None:
@@ -553,42 +553,23 @@ class RegisterModelHandler:
         self.metadata = metadata
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
+        self.run_name = run_name
         self.alias = alias or None
         self.enabled = enabled
-        self.run_id: str | None = None
         self.version = None
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._remember_run)
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def _remember_run(self, engine) -> None:
-        if self.run_id is None:
-            try:
-                from monai_scrd.engines.handlers import find_mlflow_handler
-
-                h = find_mlflow_handler(engine)
-            except ImportError:  # pragma: no cover
-                h = None
-            if h is not None and getattr(h, "cur_run", None) is not None:
-                self.run_id = h.cur_run.info.run_id
-                client = getattr(h, "client", None)
-                uri = getattr(client, "tracking_uri", None) or getattr(getattr(client, "_tracking_client", None), "tracking_uri", None)
-                self.tracking_uri = self.tracking_uri or uri
-
     def __call__(self, engine) -> None:
-        if not (self.enabled and self.name):
-            return
-        try:
-            from monai_scrd.engines.utils import is_rank0
+        from monai_scrd.engines.handlers import find_mlflow_run
+        from monai_scrd.engines.utils import is_rank0
 
-            if not is_rank0():
-                return
-        except ImportError:  # pragma: no cover
-            pass
-        self._remember_run(engine)
+        if not (self.enabled and self.name) or not is_rank0():
+            return
+        found = find_mlflow_run(self.tracking_uri, self.experiment_name or "", self.run_name or "")
         self.version = register_trained_model(
             self.name,
             self.model_path,
@@ -597,12 +578,12 @@ class RegisterModelHandler:
             score_reduction=self.score_reduction,
             threshold_path=self.threshold_path,
             metadata=self.metadata,
-            run_id=self.run_id,
+            run_id=found[1] if found else None,
             tracking_uri=self.tracking_uri,
             experiment_name=self.experiment_name,
             alias=self.alias,
         )
-        engine.logger.info(
+        logger.info(
             f"registered model {self.name} version {self.version.version}"
             + (f" (alias {self.alias}: models:/{self.name}@{self.alias})" if self.alias else "")
         )

@@ -1,9 +1,11 @@
 """The MLflow pyfunc wrapper of a trained SCRD model.
 
-Input: a DataFrame with a column ``image`` of file paths (PNG/JPEG/BMP/TIFF, DICOM, 2D NIfTI), as seen by the
-process that serves the model. Output: a DataFrame with, per row, ``image``, ``score`` (float, NaN when the file
-could not be scored), ``is_anomaly`` (``score >= threshold``; None when the row failed), ``error`` (empty when fine,
-else one line naming the file) and, when asked, ``map_path`` (the anomaly heatmap written to ``map_dir``).
+Input: a DataFrame with a column ``image`` of file paths (PNG/JPEG/BMP/TIFF, DICOM, NIfTI), as seen by the
+process that serves the model. Output: a DataFrame with, per row, ``image``, ``score`` (float, None when the file
+could not be scored, so that REST answers are valid JSON with ``null``), ``is_anomaly`` (``score >= threshold``; None
+when the row failed or without a threshold), ``error`` (empty when fine, else one line naming the file) and, when
+asked, ``map_path`` (the anomaly heatmap written to ``map_dir``). Scoring is :class:`monai_scrd.scoring.Scorer`, the
+bundle's own.
 
 Parameters (``predict(df, params={...})`` or the ``params`` of a REST request):
 
@@ -95,12 +97,12 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
-        from monai_scrd.registry.scorer import ModelSpec, SCRDScorer
+        from monai_scrd.registry.spec import ModelSpec, build_scorer
 
-        spec = ModelSpec.load(context.artifacts["spec"])
+        self.spec = ModelSpec.load(context.artifacts["spec"])
         device = os.environ.get("SCRD_DEVICE") or None
-        batch_size = int(os.environ.get("SCRD_BATCH_SIZE", "8"))
-        self.scorer = SCRDScorer(spec, context.artifacts["checkpoint"], device=device, batch_size=batch_size)
+        batch_size = int(os.environ.get("SCRD_BATCH_SIZE", "16"))
+        self.scorer = build_scorer(self.spec, context.artifacts["checkpoint"], device=device, batch_size=batch_size)
 
     def predict(self, context, model_input, params=None):
         params = {**DEFAULT_PARAMS, **{k: v for k, v in dict(params or {}).items() if v is not None}}
@@ -121,29 +123,34 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
         map_size = str(params.get("map_size") or "original")
         if map_size not in ("original", "model"):
             raise ValueError(f"map_size {map_size!r} is not 'original' or 'model'")
-        results = self.scorer.score_files(paths, return_maps=any(want_maps), map_size=map_size)
+        results = list(self.scorer.score(paths, return_maps=any(want_maps), map_size=map_size))
         map_paths: list[str] = [""] * len(paths)
         if any(want_maps):
-            from monai_scrd.registry.scorer import save_map
+            from monai_scrd.scoring import save_map
 
             map_dir = str(params.get("map_dir") or "") or tempfile.mkdtemp(prefix="scrd_maps_")
             os.makedirs(map_dir, exist_ok=True)
             for i, r in enumerate(results):
-                if want_maps[i] and r.get("map") is not None:
+                if want_maps[i] and r.anomaly_map is not None:
+                    header = r.source.meta.get("header") if r.source is not None else None
                     try:
-                        map_paths[i] = save_map(r["map"], os.path.join(map_dir, _map_name(i, r["image"], fmt)), r.get("affine"))
+                        map_paths[i] = save_map(r.anomaly_map, os.path.join(map_dir, _map_name(i, r.path, fmt)), r.affine, header)
                     except Exception as e:  # noqa: BLE001 - e.g. unwritable map_dir: report on the row
-                        r["error"] = f"{r['image']}: could not write the anomaly map ({type(e).__name__}: {e})"
+                        r.error = f"{r.path}: could not write the anomaly map ({type(e).__name__}: {e})"
+        failed = [bool(r.error) for r in results]
         out = pd.DataFrame(
             {
-                "image": [r["image"] for r in results],
-                "score": np.asarray([r["score"] for r in results], dtype=np.float64),
-                "is_anomaly": [r["is_anomaly"] for r in results],
-                "error": [r["error"] for r in results],
+                "image": [r.path for r in results],
+                # object columns keep None (JSON null) for failed rows instead of NaN
+                "score": pd.Series([None if f else r.score for r, f in zip(results, failed)], dtype=object),
+                "is_anomaly": pd.Series([None if f else r.is_anomaly for r, f in zip(results, failed)], dtype=object),
+                "error": [r.error for r in results],
             }
         )
-        if all(v is not None for v in out["is_anomaly"]):
-            out["is_anomaly"] = out["is_anomaly"].astype(bool)
+        if not any(failed):
+            out["score"] = out["score"].astype(np.float64)
+            if all(r.is_anomaly is not None for r in results):
+                out["is_anomaly"] = out["is_anomaly"].astype(bool)
         if any(want_maps):
             out["map_path"] = map_paths
         return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 
 __all__ = ["AnomalyMapGenerator", "image_score", "SCALE_WEIGHTINGS"]
 
@@ -23,9 +22,11 @@ class AnomalyMapGenerator(nn.Module):
     scale's map is standardised, ``(d_k - mean_k) / std_k``, before weighting; the image score (mean of the map) is then
     a weighted sum of per-scale z-scores. Uncalibrated (mean 0, std 1) the maps are the paper's.
 
-    The smoothing is torchvision's ``gaussian_blur`` with a kernel radius of 4 sigma and mirrored borders, which
-    equals ``scipy.ndimage.gaussian_filter(..., mode="mirror")`` (RD4AD's reference smoothing, up to the border mode),
-    and it traces and exports to ONNX, unlike MONAI's ``GaussianFilter`` whose padding is computed at run time.
+    The smoothing is a Gaussian with a kernel radius of 4 sigma and mirrored borders, which equals
+    ``scipy.ndimage.gaussian_filter(..., mode="mirror")`` (RD4AD's reference smoothing, up to the border mode) and
+    torchvision's ``gaussian_blur``; it is applied as two 1D convolutions (rows, then columns) because the 2D kernel of
+    sigma 4 (33 x 33) costs 16 times more and dominated CPU inference time. It traces and exports to ONNX, unlike
+    MONAI's ``GaussianFilter`` whose padding is computed at run time.
 
     Args:
         sigma: Gaussian smoothing sigma in pixels; 0 disables smoothing.
@@ -40,6 +41,9 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(f"scale_weighting={scale_weighting!r} is not one of {SCALE_WEIGHTINGS}")
         self.sigma = float(sigma)
         self.kernel_size = 2 * int(round(4.0 * self.sigma)) + 1
+        radius = self.kernel_size // 2
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / max(self.sigma, 1e-12)) ** 2)
+        self.register_buffer("kernel_1d", taps / taps.sum(), persistent=False)
         self.scale_weighting = scale_weighting
         # saved with the model, so every scorer applies the same calibration
         self.register_buffer("scale_mean", torch.zeros(num_scales))
@@ -69,7 +73,11 @@ class AnomalyMapGenerator(nn.Module):
     def smooth(self, amap: torch.Tensor) -> torch.Tensor:
         if self.sigma <= 0:
             return amap
-        return gaussian_blur(amap, [self.kernel_size, self.kernel_size], [self.sigma, self.sigma])
+        radius = self.kernel_size // 2
+        k = self.kernel_1d.to(amap.dtype)
+        amap = F.pad(amap, (radius, radius, radius, radius), mode="reflect")
+        amap = F.conv2d(amap, k.view(1, 1, 1, -1))  # rows
+        return F.conv2d(amap, k.view(1, 1, -1, 1))  # columns
 
     def forward(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: torch.Tensor, image_size: tuple[int, int]
