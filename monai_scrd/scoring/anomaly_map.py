@@ -8,7 +8,7 @@ from torch import nn
 
 __all__ = ["AnomalyMapGenerator", "image_score", "SCALE_WEIGHTINGS"]
 
-SCALE_WEIGHTINGS = ("alpha", "uniform")
+SCALE_WEIGHTINGS = ("alpha", "uniform", "max")
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -31,8 +31,10 @@ class AnomalyMapGenerator(nn.Module):
     Args:
         sigma: Gaussian smoothing sigma in pixels; 0 disables smoothing.
         num_scales: number of feature scales (size of the calibration buffers).
-        scale_weighting: ``"alpha"`` (the paper: weights from the scale head, all ones without a head) or
-            ``"uniform"`` (``1 / K`` per scale, ignoring alpha when scoring).
+        scale_weighting: ``"alpha"`` (the paper: weights from the scale head, all ones without a head),
+            ``"uniform"`` (``1 / K`` per scale, ignoring alpha when scoring) or ``"max"`` (per image, all weight on the
+            scale whose calibrated image score is highest, i.e. the scale at which the image deviates most from the
+            held-out normals: a test-time, label-free scale choice; meant to be used with :meth:`calibrate`).
     """
 
     def __init__(self, sigma: float = 4.0, num_scales: int = 3, scale_weighting: str = "alpha") -> None:
@@ -83,12 +85,17 @@ class AnomalyMapGenerator(nn.Module):
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: torch.Tensor, image_size: tuple[int, int]
     ) -> torch.Tensor:
         """Return the anomaly map ``[B, 1, H, W]`` for features of an image of ``image_size`` (H, W)."""
-        amap = torch.zeros(teacher[0].shape[0], 1, image_size[0], image_size[1], device=teacher[0].device)
-        if self.scale_weighting == "uniform":
-            alpha = torch.full_like(alpha, 1.0 / alpha.shape[1])
+        dists = []
         for k, (u, v) in enumerate(zip(teacher, student)):
             dist = 1.0 - F.cosine_similarity(u, v, dim=1).unsqueeze(1)
-            dist = (dist - self.scale_mean[k]) / self.scale_std[k]
+            dists.append((dist - self.scale_mean[k]) / self.scale_std[k])
+        if self.scale_weighting == "uniform":
+            alpha = torch.full_like(alpha, 1.0 / alpha.shape[1])
+        elif self.scale_weighting == "max":
+            per_scale = torch.stack([d.flatten(1).mean(1) for d in dists], 1)
+            alpha = F.one_hot(per_scale.argmax(1), per_scale.shape[1]).to(per_scale.dtype)
+        amap = torch.zeros(teacher[0].shape[0], 1, image_size[0], image_size[1], device=teacher[0].device)
+        for k, dist in enumerate(dists):
             dist = F.interpolate(dist, size=image_size, mode="bilinear", align_corners=False)
             amap = amap + alpha[:, k].view(-1, 1, 1, 1) * dist
         return self.smooth(amap)
