@@ -198,9 +198,11 @@ def test_evaluation_reports_synthetic_pixel_auroc_to_mlflow(trained, tmp_path):
     assert "pixel AUROC" in proc.stdout + proc.stderr
     with open(os.path.join(trained["out"], "models", "threshold.json")) as f:
         stored = json.load(f)
-    # the same validation set (fingerprint) and, as model.pt holds the last weights, the same AUROC as in training
+    # the same validation set (fingerprint) and, model.pt holding the selected weights, the same AUROC as in training
+    # (unless a per-scale calibration, fitted after the selection, changed the anomaly map)
     assert synth["fingerprint"] == stored["synthetic_validation"]["fingerprint"]
-    assert synth["pixel_auroc"] == pytest.approx(stored["selected"]["val_pixel_auroc_synthetic"], abs=1e-6)
+    if "scale_calibration" not in stored:
+        assert synth["pixel_auroc"] == pytest.approx(stored["selected"]["val_pixel_auroc_synthetic"], abs=1e-6)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
     run = client.search_runs([client.get_experiment_by_name("scrd").experiment_id])[0]
     assert run.data.metrics["val_pixel_auroc_synthetic"] == pytest.approx(synth["pixel_auroc"])
