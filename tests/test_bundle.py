@@ -98,6 +98,12 @@ def test_training_leaves_model_and_threshold(trained):
     with open(os.path.join(models, "threshold.json")) as f:
         thr = json.load(f)
     assert np.isfinite(thr["threshold"]) and thr["fitted_on"] == "validation" and thr["n_images"] == 2
+    # label-free validation on synthetic anomalies (every val_interval=2) and the model selection record
+    assert [e["iteration"] for e in thr["synthetic_validation"]["evaluations"]] == [2, 4]
+    assert thr["model_selection"] == "last" and thr["selected_iteration"] == 4 and thr["last"]["iteration"] == 4
+    assert thr["best_synthetic"]["iteration"] in (2, 4) and 0.0 <= thr["last"]["val_pixel_auroc_synthetic"] <= 1.0
+    assert thr["synthetic_validation"]["n_normal"] == 2 and thr["synthetic_validation"]["n_anomalous"] == 6
+    assert "synthetic validation at iteration 2" in trained["log"]
     assert "iteration 4/4" in trained["log"]  # progress lines
     assert "alpha_1" in trained["log"]
     ckpts = os.listdir(os.path.join(trained["out"], "checkpoints"))
@@ -124,6 +130,8 @@ def test_mlflow_sqlite_has_loss_and_alpha(trained):
     for k in ("alpha_1", "alpha_2", "alpha_3"):
         assert len(client.get_metric_history(run.info.run_id, k)) >= 4
     assert "val_mean_score" in run.data.metrics and "threshold" in run.data.metrics
+    assert {"val_auroc_synthetic", "val_pixel_auroc_synthetic", "selected_iteration"} <= set(run.data.metrics)
+    assert run.data.params["model_selection"] == "last"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "threshold.json"} <= artifacts
 
@@ -173,6 +181,32 @@ def test_evaluation_metrics_scores_plots_and_bad_files(trained, tmp_path):
     assert len(rows) == 6 and {"path", "label", "score", "is_anomaly"} <= set(rows[0])
     for png in ("roc_curve.png", "score_histogram.png"):
         assert os.path.getsize(os.path.join(ev, png)) > 1000
+
+
+@pytest.mark.slow
+def test_evaluation_reports_synthetic_pixel_auroc_to_mlflow(trained, tmp_path):
+    import mlflow
+
+    ev, db = str(tmp_path / "eval"), tmp_path / "eval.db"
+    proc = bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *TINY,
+                  "--model_dir", os.path.join(trained["out"], "models"), "--output_dir", str(tmp_path / "out"),
+                  "--eval_dir", ev, "--datalist", trained["datalist"], "--tracking", "mlflow",
+                  "--tracking_uri", f"sqlite:///{db}", *ABS)
+    with open(os.path.join(ev, "synthetic_validation.json")) as f:
+        synth = json.load(f)
+    assert 0.0 <= synth["pixel_auroc"] <= 1.0 and synth["n_normal"] == 2 and synth["seed"] == 0
+    assert "pixel AUROC" in proc.stdout + proc.stderr
+    with open(os.path.join(trained["out"], "models", "threshold.json")) as f:
+        stored = json.load(f)
+    # the same validation set (fingerprint) and, model.pt holding the selected weights, the same AUROC as in training
+    # (unless a per-scale calibration, fitted after the selection, changed the anomaly map)
+    assert synth["fingerprint"] == stored["synthetic_validation"]["fingerprint"]
+    if "scale_calibration" not in stored:
+        assert synth["pixel_auroc"] == pytest.approx(stored["selected"]["val_pixel_auroc_synthetic"], abs=1e-6)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run = client.search_runs([client.get_experiment_by_name("scrd").experiment_id])[0]
+    assert run.data.metrics["val_pixel_auroc_synthetic"] == pytest.approx(synth["pixel_auroc"])
+    assert "val_auroc_synthetic" in run.data.metrics
 
 
 def test_absolute_paths_refused_by_default(trained, tmp_path):
