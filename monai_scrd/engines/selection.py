@@ -143,13 +143,20 @@ def synthetic_validation_metrics(
 
 
 def _images_from(data, image_key: str) -> tuple[list[torch.Tensor], list[str]]:
-    """Images ``[C, H, W]`` and error lines from items or batches (dicts with ``image_key`` and optional ``error``)."""
+    """Images ``[C, H, W]`` and error lines from items or batches: dicts with ``image_key`` and optional ``error``, or
+    the scorer's prepared files (:class:`~monai_scrd.scoring.Prepared`: ``images`` ``[N, C, H, W]`` and ``error``)."""
     if hasattr(data, "__len__") and hasattr(data, "__getitem__") and not isinstance(data, Mapping):
         items = (data[i] for i in range(len(data)))  # map-style dataset or list: by index
     else:
         items = iter(data)  # a data loader or any iterable
     images, errors = [], []
     for item in items:
+        if hasattr(item, "images") and hasattr(item, "error"):  # a prepared file (2D: one image; volume: its slices)
+            if item.error:
+                errors.append(item.error)
+            else:
+                images.extend(item.images)
+            continue
         image = torch.as_tensor(item[image_key])
         batched = image.ndim == 4
         errs = item.get("error", [""] * image.shape[0] if batched else "")
@@ -182,10 +189,10 @@ class SyntheticValidation:
 
     Args:
         data: the held-out normal images: a ``[N, C, H, W]`` array/tensor in [0, 1], a built
-            :class:`~monai_scrd.transforms.SyntheticValidationSet`, or a dataset/loader/list of dicts (e.g. a
-            :class:`monai_scrd.data.SafeDataset` over the datalist's ``validation`` list) whose ``image_key`` holds
-            preprocessed images ``[C, H, W]`` (or batches); items with a non-empty ``"error"`` are skipped with a
-            warning. Read once, at the first evaluation. Empty or None: nothing is evaluated (a warning).
+            :class:`~monai_scrd.transforms.SyntheticValidationSet`, a dataset/list of the scorer's prepared files (the
+            bundle passes the :class:`~monai_scrd.scoring.ScoringDataset` of the datalist's ``validation`` list), or a
+            dataset/loader/list of dicts whose ``image_key`` holds preprocessed images ``[C, H, W]`` (or batches);
+            items with a non-empty error are skipped with a warning. Read once, at the first evaluation. Empty or None: nothing is evaluated (a warning).
         network: the model; default: the engine's ``network``.
         interval: evaluate every ``interval`` iterations; 0 or less: only when the run completes.
         seed: seed of the synthetic anomalies (keep it fixed to compare evaluations and runs).
