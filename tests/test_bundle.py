@@ -212,6 +212,7 @@ def test_training_registers_model_with_alias(tmp_path):
                         "--register_model_alias", "champion", *ABS))
     mv = mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias("scrd", "champion")
     assert str(mv.version) == "1"
+    assert os.path.isdir(tmp_path / "mlruns")  # artifacts beside the database, not in ./mlruns of the caller
 
 
 def _write_inputs(folder) -> None:
