@@ -110,3 +110,35 @@ def test_monai_label_server(tmp_path):
         res = json.loads(_post(f"{base}/infer/scrd?image=case_dcm&output=json").read().decode())
         assert abs(res["score"] - expected["dicom"]) <= TOL
     assert proc.poll() is not None
+
+
+def test_default_label_venv(monkeypatch, tmp_path):
+    """One MONAI Label venv per environment: inside a venv or conda env, in ~/.cache for a system-wide Python."""
+    monkeypatch.delenv("SCRD_LABEL_VENV", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    venv, conda, system = tmp_path / "venv", tmp_path / "conda", tmp_path / "usr"
+    (conda / "conda-meta").mkdir(parents=True)
+    system.mkdir()
+    for prefix, base, expected in (
+        (venv, system, venv / "monai-scrd-label"),
+        (conda, conda, conda / "monai-scrd-label"),
+        (system, system, tmp_path / "home" / ".cache" / "monai-scrd" / "label-venv"),
+    ):
+        monkeypatch.setattr(sys, "prefix", str(prefix))
+        monkeypatch.setattr(sys, "base_prefix", str(base))
+        assert default_label_venv() == str(expected)
+    monkeypatch.setenv("SCRD_LABEL_VENV", "~/elsewhere")
+    assert default_label_venv() == str(tmp_path / "home" / "elsewhere")
+
+
+def test_serve_without_label_venv_says_what_to_run(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from monai_scrd.label.__main__ import main
+
+    if importlib.util.find_spec("monailabel") is not None:
+        pytest.skip("this Python has monailabel: serve would start the server")
+    monkeypatch.setenv("SCRD_LABEL_VENV", str(tmp_path / "missing"))
+    assert main(["serve", "--studies", str(tmp_path), "--app-dir", str(tmp_path / "app")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "missing") in err and "scripts/install_label.sh" in err
