@@ -1,32 +1,79 @@
 #!/usr/bin/env bash
-# Set up the optional MONAI Label extra in its own virtual environment, leaving the main environment untouched.
+# Set up the optional MONAI Label server for the ACTIVE Python environment (a venv, a conda env or a system-wide
+# Python: whichever `python3`, or $PYTHON, is), in a venv of its own, leaving the active environment untouched.
 #
 # Why a separate venv: monailabel 0.8.5 itself needs nothing that conflicts with this project, but two of its
 # dependencies do: pydicom-seg 0.4.1 pins numpy<2 and jsonschema<4, numpymaxflow pins numpy<2 (both only used for
 # DICOM-SEG export and scribbles, which the SCRD app does not use). Resolving them would downgrade numpy from 2.x
-# and break pandas/numba/mlflow in the main environment. So the venv sees the main environment's packages
-# (--system-site-packages: torch, monai, numpy 2.x, monai-scrd, ...) and only adds monailabel and its remaining
-# dependencies, under constraints that forbid pip from changing any package already installed (torch included).
-# pydicom-seg is installed without its dependencies: monailabel imports it at start-up, the SCRD app never calls it.
+# and break pandas/numba/mlflow in the main environment.
 #
-# Usage: bash scripts/install_label.sh            (venv in $SCRD_LABEL_VENV, default ~/.cache/monai-scrd/label-venv)
-# Then:  "$SCRD_LABEL_VENV/bin/python" -m monai_scrd.label serve --studies DIR --bundle bundles/scrd   (see README)
-# Takes well under a minute with a warm pip cache; nothing here downloads model weights.
+# How the label venv sees the active environment's packages (torch, MONAI, numpy 2.x, monai-scrd, ...): not with
+# `venv --system-site-packages`, which exposes the packages of the *base* interpreter (for a venv or a conda env, not
+# the ones installed in it), but with a file `scrd_active_env.pth` in the label venv's site-packages. Python runs it at
+# start-up: it calls site.addsitedir() on each site-packages folder of the active environment, in that environment's
+# own order, so their .pth files (editable installs included) work too. The label venv's own site-packages stays
+# first: monailabel and the few packages it adds come from there, everything else from the active environment. pip
+# in the label venv sees the active environment's packages as installed; constraints frozen from that environment
+# forbid it to change any of them (torch included). pydicom-seg is installed without its dependencies: monailabel
+# imports it at start-up, the SCRD app never calls it.
+#
+# Where: $SCRD_LABEL_VENV if set; else inside the active environment (<prefix>/monai-scrd-label) for a venv or conda
+# env, so each environment has its own and removing the environment removes it; else (system-wide Python)
+# ~/.cache/monai-scrd/label-venv. `python -m monai_scrd.label serve ...`, run in the active environment, finds it there
+# (monai_scrd.label.default_label_venv) and runs the server with its Python.
+#
+# Re-running is idempotent: the venv is kept when it was made from the same interpreter (re-created when not, or when
+# it is an old --system-site-packages one), the .pth file is rewritten, pip only adds what is missing.
+#
+# Usage: bash scripts/install_label.sh         (after scripts/install.sh, which calls it, in the same environment)
+# Takes under a minute or two with a warm pip cache; nothing here downloads model weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-VENV=${SCRD_LABEL_VENV:-$HOME/.cache/monai-scrd/label-venv}
 MONAILABEL_VERSION=${MONAILABEL_VERSION:-0.8.5}
-
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv --system-site-packages "$VENV"
+VENV=$(PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c \
+    "from monai_scrd.label import default_label_venv; print(default_label_venv())")
+# The interpreter behind the active environment: a label venv made from another one is re-created.
+WHO='import sys, os; print(os.path.realpath(sys.base_prefix), sys.version)'
+if [ -x "$VENV/bin/python" ]; then
+    if [ "$("$VENV/bin/python" -c "$WHO")" != "$("$PYTHON" -c "$WHO")" ] \
+        || grep -qiE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+        echo "re-creating $VENV (made from another interpreter, or with --system-site-packages)"
+        "$PYTHON" -m venv --clear "$VENV"
+    fi
+else
+    "$PYTHON" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
+SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
-# Freeze every package of the main environment at its installed version: pip may add packages, never change one.
+# The active environment's site-packages folders (as its own sys.path orders them) -> scrd_active_env.pth.
+"$PYTHON" - "$SITE" <<'PYEOF'
+import os
+import site
+import sys
+
+site_dirs = set(map(os.path.realpath, site.getsitepackages()))
+if site.ENABLE_USER_SITE:
+    site_dirs.add(os.path.realpath(site.getusersitepackages()))
+folders = []
+for entry in sys.path:
+    path = os.path.realpath(entry) if entry else ""
+    if path in site_dirs and os.path.isdir(path) and path not in folders:
+        folders.append(path)
+if not folders:
+    sys.exit(f"{sys.executable}: no site-packages folder found on sys.path")
+with open(os.path.join(sys.argv[1], "scrd_active_env.pth"), "w") as f:
+    f.write(f"# written by monai-scrd's scripts/install_label.sh: the packages of {sys.prefix}\n")
+    f.write("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in folders) + "\n")
+print("label venv sees:", *folders)
+PYEOF
+
+# Freeze every package of the active environment at its installed version: pip may add packages, never change one.
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
-"$PYTHON" -m pip list --format=freeze 2>/dev/null | grep -E '^[A-Za-z0-9_.-]+==' | grep -viE '^(pip|setuptools|wheel|monai-scrd)==' >"$CONSTRAINTS"
+"$PYTHON" -m pip list --format=freeze 2>/dev/null | grep -E '^[A-Za-z0-9_.-]+==' \
+    | grep -viE '^(pip|setuptools|wheel|monai-scrd)==' >"$CONSTRAINTS"
 
 "$VPY" -m pip install --no-deps "monailabel==$MONAILABEL_VERSION" "pydicom-seg==0.4.1"
 "$VPY" -m pip install -c "$CONSTRAINTS" \
@@ -39,7 +86,6 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
 
 # pydicom-seg 0.4.1 (imported by monailabel's infer endpoint at start-up) imports pydicom._storage_sopclass_uids,
 # which pydicom 3 (needed by dicomweb-client>=0.61) no longer has: provide it from pydicom.uid, in this venv only.
-SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cat >"$SITE/scrd_label_compat.py" <<'PYEOF'
 """monai-scrd label venv: make pydicom-seg 0.4.1 importable with pydicom 3 (alias of pydicom.uid)."""
 import importlib.abc
@@ -67,8 +113,23 @@ if not any(isinstance(f, _SopClassUidsAlias) for f in sys.meta_path):
 PYEOF
 echo "import scrd_label_compat" >"$SITE/scrd_label_compat.pth"
 
-# monai_scrd from this checkout (editable, no dependencies: they come from the main environment), so that the venv
-# never serves an older copy left by another checkout.
-"$VPY" -m pip install --no-deps -e .
-(cd / && "$VPY" -c "import monailabel, monailabel.app, monai_scrd, numpy, torch; print('monailabel', monailabel.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)")
-echo "MONAI Label venv ready: $VENV (start a server: $VENV/bin/python -m monai_scrd.label serve --studies DIR --bundle bundles/scrd)"
+# Check: monailabel from the label venv; numpy, torch and monai_scrd from the active environment (never a copy).
+(cd / && "$VPY" - "$VENV" <<'PYEOF'
+import os
+import sys
+
+import monailabel
+import monailabel.app  # noqa: F401 - what the server imports at start-up
+import monai_scrd
+import numpy
+import torch
+
+venv = os.path.realpath(sys.argv[1])
+inside = [m.__name__ for m in (numpy, torch, monai_scrd) if os.path.realpath(m.__file__).startswith(venv + os.sep)]
+if inside:
+    sys.exit(f"error: {', '.join(inside)} installed into the label venv {venv} instead of coming from the active environment")
+print("monailabel", monailabel.__version__, "| numpy", numpy.__version__, "torch", torch.__version__, "monai_scrd",
+      os.path.dirname(monai_scrd.__file__), "(from the active environment)")
+PYEOF
+)
+echo "MONAI Label venv ready: $VENV (start a server: python -m monai_scrd.label serve --studies DIR --bundle bundles/scrd)"

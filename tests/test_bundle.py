@@ -246,6 +246,7 @@ def test_training_registers_model_with_alias(tmp_path):
                         "--register_model_alias", "champion", *ABS))
     mv = mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias("scrd", "champion")
     assert str(mv.version) == "1"
+    assert os.path.isdir(tmp_path / "mlruns")  # artifacts beside the database, not in ./mlruns of the caller
 
 
 def _write_inputs(folder) -> None:
@@ -356,17 +357,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rank_logs(log_dir: str, rank: int) -> str:
+    """stdout + stderr of one local rank, from torchrun's ``--log-dir`` with ``--redirects 3``."""
+    text = ""
+    for root, _, files in os.walk(log_dir):
+        if os.path.basename(root) == str(rank) and os.path.basename(os.path.dirname(root)).startswith("attempt_"):
+            for name in ("stdout.log", "stderr.log"):
+                if name in files:
+                    with open(os.path.join(root, name)) as f:
+                        text += f.read()
+    return text
+
+
 @pytest.mark.slow
 def test_torchrun_two_process_gloo(tmp_path):
+    """2 CPU processes (gloo): training completes, the saved model is unwrapped, and only rank 0 logs, saves and
+    tracks (rank 1's own output has no checkpoint, completion or progress lines)."""
     out = str(tmp_path / "run")
+    logs = str(tmp_path / "rank_logs")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                "-m"]
-    proc = bundle("run", "training", "--config_file", f"['{TRAIN}','{MULTI}']", *TINY, "--dist_backend", "gloo",
-                  "--max_iterations", "3", "--ckpt_interval", "2", "--val_interval", "2", "--log_interval", "1",
-                  "--output_dir", out, "--model_dir", os.path.join(out, "models"), launcher=launcher, timeout=300)
-    log = proc.stdout + proc.stderr
-    assert "rank 0 of 2" in log and "rank 1 of 2" in log
+                "--log-dir", logs, "--redirects", "3", "-m"]
+    bundle("run", "training", "--config_file", f"['{TRAIN}','{MULTI}']", *TINY, "--dist_backend", "gloo",
+           "--max_iterations", "3", "--ckpt_interval", "2", "--val_interval", "2", "--log_interval", "1",
+           "--output_dir", out, "--model_dir", os.path.join(out, "models"), "--tracking", "mlflow",
+           launcher=launcher, timeout=300)
+    rank0, rank1 = _rank_logs(logs, 0), _rank_logs(logs, 1)
+    assert "rank 0 of 2" in rank0 and "rank 1 of 2" in rank1
+    for line in ("Saved checkpoint", "Train completed", "saved final model weights", "iteration 3/3", "alpha_1"):
+        assert line in rank0, (line, rank0[-3000:])
+        assert line not in rank1, (line, rank1[-3000:])
     data = torch.load(os.path.join(out, "models", "model.pt"), map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in data["model"])  # DDP unwrapped
     final = torch.load(os.path.join(out, "checkpoints", "scrd_final.pt"), map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 3
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{os.path.join(out, 'mlflow.db')}")
+    runs = client.search_runs([client.get_experiment_by_name("scrd").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run: rank 0's

@@ -1,40 +1,47 @@
 """MONAI Label server serving SCRD on 127.0.0.1: /info/ and /infer/ over HTTP with PNG, DICOM and NIfTI studies,
 score and heatmap checked, clear HTTP errors for bad requests, server still serving after them, stopped at the end.
 
-MONAI Label lives in its own venv (``scripts/install_label.sh``; ``$SCRD_LABEL_VENV``, default
-``~/.cache/monai-scrd/label-venv``). Without it the test is skipped, unless ``SCRD_REQUIRE_LABEL=1`` (CI) makes that
-a failure."""
+Started as a user does, ``python -m monai_scrd.label serve`` with this environment's Python, which runs the server in
+the MONAI Label venv of this environment (``scripts/install_label.sh``; ``monai_scrd.label.default_label_venv``).
+Without that venv the test is skipped, unless ``SCRD_REQUIRE_LABEL=1`` (CI) makes that a failure."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from monai_scrd.label import default_label_venv
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_registry_support import REPO, TOL, clean_env, direct_scores, free_port, make_images, train_tiny_bundle  # noqa: E402
+from test_registry_support import (  # noqa: E402
+    REPO,
+    TOL,
+    clean_env,
+    direct_scores,
+    free_port,
+    make_images,
+    running_server,
+    train_tiny_bundle,
+)
 
-VENV = os.environ.get("SCRD_LABEL_VENV") or os.path.join(os.path.expanduser("~"), ".cache", "monai-scrd", "label-venv")
-VENV_PY = os.path.join(VENV, "bin", "python")
 
-
-def _label_python() -> str:
-    ok = os.path.isfile(VENV_PY) and subprocess.run(
-        [VENV_PY, "-c", "import monailabel"], capture_output=True, timeout=120
+def _require_label_venv() -> None:
+    venv = default_label_venv()
+    python = os.path.join(venv, "bin", "python")
+    ok = os.path.isfile(python) and subprocess.run(
+        [python, "-c", "import monailabel"], capture_output=True, timeout=120
     ).returncode == 0
     if not ok:
-        msg = f"MONAI Label venv not found at {VENV} (run: bash scripts/install_label.sh)"
+        msg = f"MONAI Label venv not found at {venv} (run: bash scripts/install_label.sh)"
         if os.environ.get("SCRD_REQUIRE_LABEL", "") not in ("", "0"):
             pytest.fail(msg)
         pytest.skip(msg)
-    return VENV_PY
 
 
 def _post(url: str, timeout: float = 120):
@@ -49,7 +56,7 @@ def _http_error(url: str) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_monai_label_server(tmp_path):
-    python = _label_python()
+    _require_label_venv()
     net, bundle = train_tiny_bundle(str(tmp_path / "bundle"))
     studies = tmp_path / "studies"
     imgs = make_images(str(studies))
@@ -58,25 +65,12 @@ def test_monai_label_server(tmp_path):
     expected = dict(zip(("png", "dicom", "nifti"), direct_scores(net, [imgs[k] for k in ("png", "dicom", "nifti")])))
 
     port = free_port()
-    log_path = tmp_path / "server.log"
-    log = open(log_path, "w")
     env = clean_env(MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"), PYTHONPATH=REPO)
-    proc = subprocess.Popen(
-        [python, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", bundle,
-         "--app-dir", str(tmp_path / "app"), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    cmd = [sys.executable, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", bundle,
+           "--app-dir", str(tmp_path / "app"), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        info = None
-        while info is None:
-            assert proc.poll() is None, "server exited:\n" + open(log_path).read()[-4000:]
-            try:
-                info = json.loads(urllib.request.urlopen(base + "/info/", timeout=5).read().decode())
-            except (urllib.error.URLError, ConnectionError, OSError):
-                assert time.time() < deadline, "MONAI Label did not start in 180 s:\n" + open(log_path).read()[-4000:]
-                time.sleep(1)
+    with running_server(cmd, base + "/info/", tmp_path / "server.log", cwd=tmp_path, env=env) as proc:
+        info = json.loads(urllib.request.urlopen(base + "/info/", timeout=10).read().decode())
         assert "scrd" in info["models"]
         model_info = info["models"]["scrd"]
         assert model_info["threshold"] == pytest.approx(thr) and model_info["image_size"] == 64
@@ -115,12 +109,36 @@ def test_monai_label_server(tmp_path):
         assert urllib.request.urlopen(base + "/info/", timeout=10).status == 200
         res = json.loads(_post(f"{base}/infer/scrd?image=case_dcm&output=json").read().decode())
         assert abs(res["score"] - expected["dicom"]) <= TOL
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
     assert proc.poll() is not None
+
+
+def test_default_label_venv(monkeypatch, tmp_path):
+    """One MONAI Label venv per environment: inside a venv or conda env, in ~/.cache for a system-wide Python."""
+    monkeypatch.delenv("SCRD_LABEL_VENV", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    venv, conda, system = tmp_path / "venv", tmp_path / "conda", tmp_path / "usr"
+    (conda / "conda-meta").mkdir(parents=True)
+    system.mkdir()
+    for prefix, base, expected in (
+        (venv, system, venv / "monai-scrd-label"),
+        (conda, conda, conda / "monai-scrd-label"),
+        (system, system, tmp_path / "home" / ".cache" / "monai-scrd" / "label-venv"),
+    ):
+        monkeypatch.setattr(sys, "prefix", str(prefix))
+        monkeypatch.setattr(sys, "base_prefix", str(base))
+        assert default_label_venv() == str(expected)
+    monkeypatch.setenv("SCRD_LABEL_VENV", "~/elsewhere")
+    assert default_label_venv() == str(tmp_path / "home" / "elsewhere")
+
+
+def test_serve_without_label_venv_says_what_to_run(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from monai_scrd.label.__main__ import main
+
+    if importlib.util.find_spec("monailabel") is not None:
+        pytest.skip("this Python has monailabel: serve would start the server")
+    monkeypatch.setenv("SCRD_LABEL_VENV", str(tmp_path / "missing"))
+    assert main(["serve", "--studies", str(tmp_path), "--app-dir", str(tmp_path / "app")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "missing") in err and "scripts/install_label.sh" in err

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -25,6 +23,7 @@ from test_registry_support import (  # noqa: E402
     direct_scores,
     free_port,
     make_images,
+    running_server,
     train_tiny_bundle,
 )
 
@@ -144,25 +143,11 @@ def test_load_by_alias_in_fresh_process(registered, tmp_path):
 def test_rest_scoring_on_loopback(registered, tmp_path):
     """`mlflow models serve` of models:/scrd@champion on 127.0.0.1: JSON in, scores out; a bad request is a 400."""
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "mlflow", "models", "serve", "-m", "models:/scrd@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=registered["root"], env=clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu"),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    cmd = [PYTHON, "-m", "mlflow", "models", "serve", "-m", "models:/scrd@champion", "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]
+    env = clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu")
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 150
-        while True:
-            assert proc.poll() is None, open(tmp_path / "serve.log").read()[-3000:]
-            try:
-                if urllib.request.urlopen(base + "/ping", timeout=2).status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            assert time.time() < deadline, "scoring server did not start in 150 s"
-            time.sleep(1)
+    with running_server(cmd, base + "/ping", tmp_path / "serve.log", cwd=registered["root"], env=env, timeout=150):
         imgs = registered["images"]
         body = {"dataframe_split": {"columns": ["image"], "data": [[imgs[k]] for k in GOOD] + [[imgs["broken"]]]},
                 "params": {"return_map": True, "map_dir": str(tmp_path / "maps"), "map_format": "png"}}
@@ -181,14 +166,6 @@ def test_rest_scoring_on_loopback(registered, tmp_path):
             urllib.request.urlopen(bad, timeout=60)
         assert err.value.code == 400 and "image" in err.value.read().decode()
         assert urllib.request.urlopen(base + "/ping", timeout=5).status == 200  # still serving
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def test_register_run_cli(registered, tmp_path, monkeypatch):

@@ -1,13 +1,20 @@
 """Helpers (no tests) shared by the registry and MONAI Label tests: a tiny trained SCRD bundle and small PNG, DICOM and
-NIfTI images, all made in seconds on the CPU (nothing downloaded)."""
+NIfTI images, all made in seconds on the CPU (nothing downloaded), and a server started and stopped around a block."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,6 +37,52 @@ def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def _log_tail(path, chars: int = 4000) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()[-chars:]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``), wait up to 20 s, then SIGKILL
+    what is left of the group (workers, or a leader that ignored SIGTERM). A group that is already gone (the server
+    crashed) is not an error, so the test reports the crash, not the clean-up."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], ready_url: str, log_path, *, cwd, env: dict, timeout: float = 180) -> Iterator:
+    """Start a server (own process group, stdout+stderr to ``log_path``), wait until ``ready_url`` answers, yield the
+    process, and stop the whole group afterwards. Any failure, while starting or in the ``with`` block, is raised with
+    the tail of the server's own output, which usually names the real cause."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with code {proc.returncode}: {' '.join(cmd)}\n{_log_tail(log_path)}")
+            try:
+                urllib.request.urlopen(ready_url, timeout=5).close()
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    raise AssertionError(f"server did not answer {ready_url} in {timeout:.0f} s\n{_log_tail(log_path)}")
+                time.sleep(1)
+        try:
+            yield proc
+        except Exception as exc:
+            raise AssertionError(f"{type(exc).__name__}: {exc}\n--- server output (tail) ---\n{_log_tail(log_path)}") from exc
+    finally:
+        stop_process_group(proc)
+        log.close()
 
 
 def _write_configs(bundle_dir: str) -> None:

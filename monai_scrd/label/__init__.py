@@ -11,8 +11,9 @@ Importing this package does not import monailabel; its submodules do.
 from __future__ import annotations
 
 import os
+import sys
 
-__all__ = ["write_app", "MAIN_PY"]
+__all__ = ["write_app", "MAIN_PY", "default_label_venv"]
 
 MAIN_PY = '''"""MONAI Label app serving SCRD (written by `python -m monai_scrd.label app`). Options: see monai_scrd.label.app."""
 
@@ -30,3 +31,15 @@ def write_app(app_dir: str | os.PathLike) -> str:
     with open(os.path.join(app_dir, "main.py"), "w") as f:
         f.write(MAIN_PY)
     return app_dir
+
+
+def default_label_venv() -> str:
+    """Where ``scripts/install_label.sh`` puts the MONAI Label venv of the running Python environment, and where
+    ``python -m monai_scrd.label serve`` looks for it: ``$SCRD_LABEL_VENV`` if set; else inside the environment,
+    ``<sys.prefix>/monai-scrd-label``, for a venv or a conda env (so each environment has its own, removed with it);
+    else, for a system-wide Python, ``~/.cache/monai-scrd/label-venv``."""
+    if os.environ.get("SCRD_LABEL_VENV"):
+        return os.path.abspath(os.path.expanduser(os.environ["SCRD_LABEL_VENV"]))
+    if sys.prefix != sys.base_prefix or os.path.isdir(os.path.join(sys.prefix, "conda-meta")):
+        return os.path.join(sys.prefix, "monai-scrd-label")
+    return os.path.join(os.path.expanduser("~"), ".cache", "monai-scrd", "label-venv")

@@ -1,7 +1,8 @@
 """``python -m monai_scrd.label {app,serve}``: write a MONAI Label app folder for SCRD, or write it and start the server.
 
-Run with the Python of the MONAI Label venv (``scripts/install_label.sh``), e.g.
-``~/.cache/monai-scrd/label-venv/bin/python -m monai_scrd.label serve --studies ./studies --bundle bundles/scrd``.
+Run it in the environment where monai-scrd is installed: ``python -m monai_scrd.label serve --studies ./studies
+--bundle bundles/scrd``. MONAI Label itself lives in a venv of its own (``scripts/install_label.sh``); when this
+Python has no monailabel, ``serve`` re-runs itself with that venv's Python (:func:`monai_scrd.label.default_label_venv`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import os
 import sys
 
-from monai_scrd.label import write_app
+from monai_scrd.label import default_label_venv, write_app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     import importlib.util
 
     if importlib.util.find_spec("monailabel") is None:
-        print("error: monailabel is not installed for this Python; run scripts/install_label.sh and use its venv's "
-              "python (~/.cache/monai-scrd/label-venv/bin/python)", file=sys.stderr)
-        return 2
+        venv = default_label_venv()
+        label_python = os.path.join(venv, "bin", "python")
+        if not os.path.isfile(label_python) or os.path.realpath(venv) == os.path.realpath(sys.prefix):
+            print(f"error: monailabel is not installed for {sys.executable}, and there is no working MONAI Label venv "
+                  f"at {venv}; run: bash scripts/install_label.sh", file=sys.stderr)
+            return 2
+        argv = sys.argv[1:] if argv is None else argv
+        os.execv(label_python, [label_python, "-m", "monai_scrd.label", *argv])
     # `python -m monailabel.main` is what the `monailabel` script runs, with this interpreter for certain
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", app_dir, "--studies",
            os.path.abspath(args.studies), "--host", args.host, "--port", str(args.port)]

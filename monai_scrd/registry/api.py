@@ -82,6 +82,16 @@ def _tracking(uri: str) -> Iterator[Any]:
         mlflow.set_registry_uri(prev_registry)
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a new experiment in a local sqlite store: ``mlruns/`` beside the database file, as MONAI's
+    ``MLFlowHandler`` does, rather than MLflow's default ``./mlruns`` in whatever folder the command runs from."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from pathlib import Path
+
+    return Path(os.path.abspath(uri[len("sqlite:///"):])).parent.joinpath("mlruns").as_uri()
+
+
 @contextlib.contextmanager
 def _run(run_id: str | None, experiment_name: str | None, run_name: str) -> Iterator[Any]:
     """The MLflow run to log into: ``run_id`` (re-opened if finished), else a new run in ``experiment_name``."""
@@ -97,7 +107,8 @@ def _run(run_id: str | None, experiment_name: str | None, run_name: str) -> Iter
         return
     if experiment_name:
         exp = mlflow.get_experiment_by_name(experiment_name)
-        exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment_name)
+        exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(
+            experiment_name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
     else:
         exp_id = None
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=active is not None) as run:
