@@ -1,4 +1,4 @@
-"""Medical image input for SCRD: validating readers (DICOM, NIfTI, PNG/JPEG), preprocessing transforms, datalists,
+"""Medical image input for SCRD: validating readers (DICOM files and series, NIfTI, PNG/JPEG), preprocessing transforms, datalists,
 slice-wise volume scoring and per-file error handling for batch jobs.
 
 Attributes are imported lazily, so ``python -m monai_scrd.prepare`` starts without importing torch/MONAI.
@@ -11,7 +11,17 @@ from monai_scrd._lazy import lazy_exports
 _EXPORTS = {
     "errors": ["DataError"],
     "formats": ["IMAGE_EXTENSIONS", "detect_format", "is_image_file"],
-    "readers": ["MedicalImage", "read_medical_image", "LoadMedicalImage", "LoadMedicalImaged", "MedicalImageReader"],
+    "readers": [
+        "MedicalImage",
+        "read_medical_image",
+        "read_dicom_series",
+        "dicom_affine",
+        "is_dicom_series_folder",
+        "list_image_inputs",
+        "LoadMedicalImage",
+        "LoadMedicalImaged",
+        "MedicalImageReader",
+    ],
     "transforms": [
         "ToGrayscaleChannels",
         "ToGrayscaleChannelsd",
