@@ -16,6 +16,7 @@ from test_data_utils import tiny_model
 
 from monai_scrd.data import (
     DataError,
+    MedicalImageReader,
     is_dicom_series_folder,
     list_image_inputs,
     read_dicom_series,
@@ -157,6 +158,10 @@ def test_series_matches_monai_pydicom_reader(tmp_path):
     theirs = LoadImage(reader=PydicomReader(swap_ij=False), image_only=True)(str(folder))
     np.testing.assert_allclose(theirs.numpy(), ours.array, atol=1e-3)
     np.testing.assert_allclose(theirs.affine.numpy(), ours.affine, atol=1e-4)
+    # our reader through LoadImage reads the folder the same way
+    loaded = LoadImage(reader=MedicalImageReader(allow_volume=True), image_only=True)(str(folder))
+    np.testing.assert_allclose(loaded.numpy(), ours.array)
+    np.testing.assert_allclose(loaded.affine.numpy(), ours.affine)
 
 
 def test_series_monochrome1_and_window(tmp_path):
