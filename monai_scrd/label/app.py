@@ -125,9 +125,13 @@ class SCRDLabelApp(MONAILabelApp):
         with self._model_lock:
             if signature == self._served_signature:
                 return
-            scorer = load_scorer({"bundle": self.trained_dir, "device": self.conf.get("device", "")})
+            self._served_signature = signature  # tried once per published model, also when it fails to load
+            try:
+                scorer = load_scorer({"bundle": self.trained_dir, "device": self.conf.get("device", "")})
+            except Exception as e:  # noqa: BLE001 - keep serving the current model
+                logger.error(f"cannot load the newly trained model {self.trained_dir} ({e}); still serving the previous one")
+                return
             self.scorer = self._infers[self.model_name].scorer = scorer
-            self._served_signature = signature
             logger.info(f"now serving the newly trained model {self.trained_dir}")
 
     def info(self):
