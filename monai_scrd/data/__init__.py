@@ -1,6 +1,6 @@
-"""Medical image input for SCRD: validating readers (DICOM, NIfTI, PNG/JPEG), preprocessing transforms, datalists,
-volume slicing, one-line error messages and the check of training images. It reads and validates data and never runs
-a model (scoring is :mod:`monai_scrd.scoring`).
+"""Medical image input for SCRD: validating readers (DICOM files and series, NIfTI, PNG/JPEG), preprocessing
+transforms, datalists, volume slicing, one-line error messages and the check of training images. It reads and
+validates data and never runs a model (scoring is :mod:`monai_scrd.scoring`).
 
 Attributes are imported lazily, so ``python -m monai_scrd.prepare`` starts without importing torch/MONAI.
 """
@@ -12,7 +12,17 @@ from monai_scrd._lazy import lazy_exports
 _EXPORTS = {
     "errors": ["DataError"],
     "formats": ["IMAGE_EXTENSIONS", "detect_format", "is_image_file"],
-    "readers": ["MedicalImage", "read_medical_image", "LoadMedicalImage", "LoadMedicalImaged", "MedicalImageReader"],
+    "readers": [
+        "MedicalImage",
+        "read_medical_image",
+        "read_dicom_series",
+        "dicom_affine",
+        "is_dicom_series_folder",
+        "list_image_inputs",
+        "LoadMedicalImage",
+        "LoadMedicalImaged",
+        "MedicalImageReader",
+    ],
     "transforms": [
         "ToGrayscaleChannels",
         "ToGrayscaleChannelsd",

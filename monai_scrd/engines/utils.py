@@ -109,18 +109,17 @@ def _datalist_inputs(source: str, key: str, allow_absolute: bool) -> list[dict]:
 def list_inputs(
     source: str | os.PathLike | Sequence[str], key: str = "test", allow_absolute: bool = False
 ) -> list[dict]:
-    """Images to score: a folder (searched recursively for PNG/JPEG/DICOM/NIfTI/...), a datalist JSON (its ``key``
-    list, falling back to all lists; paths as in :func:`load_datalist`, so absolute paths and paths leaving the JSON's
-    folder need ``allow_absolute``), a single image file, or a list of paths. Returns ``[{"image": path}, ...]``."""
-    from monai_scrd.data.formats import is_image_file
-
+    """Images to score: a folder (searched recursively for PNG/JPEG/DICOM/NIfTI/..., each DICOM series folder one
+    volume: ``monai_scrd.data.list_image_inputs``), a datalist JSON (its ``key`` list, falling back to all lists; paths
+    as in :func:`load_datalist`, so absolute paths and paths leaving the JSON's folder need ``allow_absolute``), a
+    single image file, or a list of paths. Returns ``[{"image": path}, ...]``."""
     if isinstance(source, (list, tuple)):
         return [{"image": os.fspath(p)} for p in source]
     source = os.fspath(source)
     if os.path.isdir(source):
-        files = sorted(p for p in glob.glob(os.path.join(source, "**", "*"), recursive=True) if os.path.isfile(p))
-        images = [p for p in files if is_image_file(p) or os.path.splitext(p)[1] == ""]
-        return [{"image": p} for p in images]
+        from monai_scrd.data.readers import list_image_inputs
+
+        return [{"image": p} for p in list_image_inputs(source)]
     if source.lower().endswith(".json"):
         return _datalist_inputs(source, key, allow_absolute)
     return [{"image": source}]

@@ -1,7 +1,8 @@
 """MONAI Label integration of SCRD (optional extra: ``bash scripts/install_label.sh``).
 
-* :class:`monai_scrd.label.app.SCRDLabelApp`: the app (one SCRD infer task: score, label and heatmap);
+* :class:`monai_scrd.label.app.SCRDLabelApp`: the app (one SCRD infer task: score, label and heatmap; one train task);
 * :class:`monai_scrd.label.infer.SCRDInferTask`: the infer task;
+* :class:`monai_scrd.label.train.SCRDTrainTask`: the train task (the bundle's training on the studies marked normal);
 * ``python -m monai_scrd.label app DIR``: write an app folder (``main.py``) for ``monailabel start_server --app DIR``;
 * ``python -m monai_scrd.label serve --studies DIR --bundle bundles/scrd``: write the app and start the server.
 

@@ -8,7 +8,15 @@ SCRDLabelApp`` (``python -m monai_scrd.label app DIR`` writes one).
 * ``bundle``: else serve this trained bundle folder (``models/model.pt``, ``models/threshold.json``, ``configs/``),
   with optional ``checkpoint``, ``threshold``, ``config_file``, ``image_size``;
 * ``device``: ``cpu``/``cuda`` (default: CUDA when available);
-* ``extensions``: comma-separated file patterns of the studies folder (default PNG/JPEG/DICOM/NIfTI).
+* ``extensions``: comma-separated file patterns of the studies folder (default PNG/JPEG/DICOM/NIfTI);
+* ``train``: ``false`` leaves out the train task (default ``true``);
+* ``train_bundle``: bundle whose ``configs/train.json`` the train task runs (default: ``bundle`` when it has one,
+  else ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``).
+
+Training (:mod:`monai_scrd.label.train`, ``POST /train/<models>``) publishes a bundle to ``<app_dir>/model/<models>/``;
+from then on (and after a restart) that trained bundle is what the infer task serves, reloaded on the next request.
+Without any trained weights (e.g. a fresh ``bundles/scrd`` and an empty app folder) the server starts with the train
+task only, and the infer task appears once a training has finished.
 
 Requests for an unknown model or image answer HTTP 404, unreadable images 422, each with a one-line ``detail``.
 """
@@ -17,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 
 from monai_scrd.label.infer import SCRDInferTask, http_error, load_scorer
+from monai_scrd.label.train import SCRDTrainTask
 
 __all__ = ["SCRDLabelApp", "DEFAULT_EXTENSIONS"]
 
@@ -31,12 +41,40 @@ logger = logging.getLogger("monai_scrd.label")
 DEFAULT_EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.bmp", "*.tif", "*.tiff", "*.dcm", "*.nii.gz", "*.nii")
 
 
+def _weights_signature(bundle_dir: str) -> tuple | None:
+    """(mtime, size) of a trained bundle's ``models/model.pt`` and ``models/threshold.json``; None without weights."""
+    stamps = []
+    for name in ("model.pt", "threshold.json"):
+        try:
+            st = os.stat(os.path.join(bundle_dir, "models", name))
+            stamps.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            if name == "model.pt":
+                return None
+            stamps.append(None)
+    return tuple(stamps)
+
+
 class SCRDLabelApp(MONAILabelApp):
-    """MONAI Label app with one SCRD infer task (and, with ``--conf train true``, no train task yet: see README)."""
+    """MONAI Label app with one SCRD infer task and one SCRD train task (see the module docstring)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
-        self.model_name = (conf or {}).get("models", "scrd").split(",")[0].strip() or "scrd"
-        self.spec, self.scorer = load_scorer(dict(conf or {}))
+        conf = dict(conf or {})
+        self.model_name = conf.get("models", "scrd").split(",")[0].strip() or "scrd"
+        self.trained_dir = os.path.join(os.path.abspath(app_dir), "model", self.model_name)
+        self._model_lock = threading.Lock()
+        self._served_signature = _weights_signature(self.trained_dir)
+        if self._served_signature is not None:  # an earlier training of this app wins over the configured model
+            logger.info(f"serving the model trained in this app: {self.trained_dir}")
+            self.spec, self.scorer = load_scorer({"bundle": self.trained_dir, "device": conf.get("device", "")})
+        else:
+            try:
+                self.spec, self.scorer = load_scorer(conf)
+            except FileNotFoundError as e:
+                if conf.get("model_uri") or conf.get("checkpoint"):
+                    raise
+                logger.warning(f"no trained weights to serve yet ({e}); train with POST /train/{self.model_name}")
+                self.spec, self.scorer = None, None
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -62,6 +100,45 @@ class SCRDLabelApp(MONAILabelApp):
     def init_infers(self):
         return {self.model_name: SCRDInferTask(self.spec, self.scorer)}
 
+    def _train_bundle(self) -> str | None:
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        for candidate in (self.conf.get("train_bundle"), self.conf.get("bundle"), os.environ.get("SCRD_BUNDLE"),
+                          os.path.join(here, "bundles", "scrd")):
+            if candidate and os.path.isfile(os.path.join(candidate, "configs", "train.json")):
+                return candidate
+        return None
+
+    def init_trainers(self):
+        if str(self.conf.get("train", "true")).strip().lower() in ("false", "0", "no"):
+            return {}
+        source = self._train_bundle()
+        if source is None:
+            logger.warning("no bundle with configs/train.json (--conf train_bundle DIR): no train task")
+            return {}
+        return {self.model_name: SCRDTrainTask(source, self.trained_dir, device=self.conf.get("device") or None)}
+
+    def _refresh_model(self) -> None:
+        """Serve the trained bundle when a training published new weights since the model was loaded."""
+        signature = _weights_signature(self.trained_dir)
+        if signature is None or signature == self._served_signature:
+            return
+        with self._model_lock:
+            if signature == self._served_signature:
+                return
+            self._served_signature = signature  # tried once per published model, also when it fails to load
+            try:
+                spec, scorer = load_scorer({"bundle": self.trained_dir, "device": self.conf.get("device", "")})
+            except Exception as e:  # noqa: BLE001 - keep serving the current model
+                logger.error(f"cannot load the newly trained model {self.trained_dir} ({e}); still serving the previous one")
+                return
+            infer = self._infers[self.model_name]
+            self.spec, self.scorer = infer.spec, infer.scorer = spec, scorer
+            logger.info(f"now serving the newly trained model {self.trained_dir}")
+
+    def info(self):
+        self._refresh_model()
+        return super().info()
+
     def init_strategies(self):
         return {}
 
@@ -69,6 +146,9 @@ class SCRDLabelApp(MONAILabelApp):
         model = request.get("model")
         if model not in self._infers:
             raise http_error(404, f"unknown model {model!r}; this server has {sorted(self._infers)}")
+        self._refresh_model()
+        if self.scorer is None:
+            raise http_error(404, f"model {model!r} has no trained weights yet; mark normal studies and POST /train/{model}")
         image = request.get("image")
         if isinstance(image, str) and image and not os.path.exists(image):
             ds = datastore if datastore else self.datastore()

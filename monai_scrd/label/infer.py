@@ -109,8 +109,13 @@ class SCRDInferTask(InferTask):
         self.spec = spec
         self.scorer = scorer
 
+    def is_valid(self) -> bool:
+        return self.scorer is not None  # an app without trained weights yet (see its train task)
+
     def info(self) -> dict[str, Any]:
         d = super().info()
+        if self.scorer is None:
+            return d
         spec = self.spec
         d.update(
             {
