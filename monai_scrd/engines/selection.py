@@ -312,7 +312,7 @@ class SyntheticValidation:
             f"anomalies, seed {self.seed}; {time.perf_counter() - start:.1f} s)"
         )
         if self.output_path:
-            from monai_scrd.engines.evaluation import write_json
+            from monai_scrd.scoring import write_json
 
             write_json(self.output_path, self.result)
             artifacts = list(getattr(engine.state, "scrd_artifacts", []))
