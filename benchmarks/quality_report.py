@@ -183,7 +183,7 @@ def head_table(rows: dict, labels: dict) -> str:
             spread = []
             for i in picks:
                 a = np.array([at(f"alpha_{k}", i) for k in range(1, k_scales + 1)])
-                spread.append(f"{np.log(np.clip(a, 1e-12, None)).ptp():.2f}")
+                spread.append(f"{np.ptp(np.log(np.clip(a, 1e-12, None))):.2f}")
             lines.append(f"| {labels[r]} | logit spread | " + " | ".join(spread) + " |")
             lines.append(f"| {labels[r]} | \\|grad W\\| | " + " | ".join(f"{at('head_grad_norm', i):.3g}" for i in picks) + " |")
     return "\n".join(lines) + "\n"

@@ -104,6 +104,11 @@ def test_training_leaves_model_and_threshold(trained):
     assert thr["best_synthetic"]["iteration"] in (2, 4) and 0.0 <= thr["last"]["val_pixel_auroc_synthetic"] <= 1.0
     assert thr["synthetic_validation"]["n_normal"] == 2 and thr["synthetic_validation"]["n_anomalous"] == 6
     assert "synthetic validation at iteration 2" in trained["log"]
+    # the default scores with per-scale calibration fitted on the validation normals, saved with the weights
+    calibration = thr["scale_calibration"]
+    assert calibration["n_images"] == 2 and len(calibration["std"]) == 3
+    torch.testing.assert_close(data["model"]["anomaly_map.scale_std"], torch.tensor(calibration["std"]))
+    assert "ratio_1" in trained["log"]  # the per-scale contrastive ratio is logged
     assert "iteration 4/4" in trained["log"]  # progress lines
     assert "alpha_1" in trained["log"]
     ckpts = os.listdir(os.path.join(trained["out"], "checkpoints"))
