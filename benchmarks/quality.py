@@ -426,6 +426,7 @@ def write_report(args) -> str:
     earlier = [t for t in sorted(runs) if t != tag and t != "smoke" and not any(t == f"{tag}_{v}" for v in VARIANTS)]
     sections["{earlier}"] = "\n".join(R.run_table(t, runs[t], LABELS, PAPER) for t in earlier) or "(none)"
     sections["{shortcut}"] = R.shortcut_table(results_dir, tag)
+    sections["{params}"] = R.parameter_table()
     sections["{speed}"] = speed_section(results_dir)
     md = RESULTS_TEMPLATE
     for key, text in sections.items():
@@ -515,6 +516,9 @@ vanishes there) and the alpha floor keeps every scale trained. The paper-literal
 
 {selection}
 
+## Model size of the paper's configuration
+
+{params}
 ## Shortcut check: trivial scores on the same test split
 
 {shortcut}

@@ -115,7 +115,8 @@ def before_after_table(runs: dict, base_tag: str, labels: dict) -> str:
     tags = {v: (base_tag if v == "reference" else f"{base_tag}_{v}") for v in VARIANT_ORDER}
     present = [v for v in VARIANT_ORDER if tags[v] in runs]
     if len(present) < 2:
-        return "(no before/after runs recorded)\n"
+        return ("(no before/after runs recorded for this tag: they need `--variants legacy legacy_noise legacy_decoder`, "
+                "36 more runs of this budget; the earlier runs below were made before the fixes, with a shorter schedule)\n")
     lines = ["AUROC in %, mean ± std over the same seeds; each column changes one thing relative to the first.\n",
              "| row | split | " + " | ".join(VARIANT_LABELS[v] for v in present) + " |",
              "|---|---|" + "---|" * len(present)]
@@ -196,7 +197,8 @@ def selection_table(rows: dict, labels: dict) -> str:
         return "(no synthetic-validation checkpoints recorded)\n"
     lines = ["Per run, the checkpoint (every `eval-every` iterations) with the highest synthetic-anomaly validation "
              "image AUROC (held-out normals + synthetic anomalies of another family than the training noise; no real "
-             "anomaly) versus the last checkpoint. Test AUROC is shown for both, never used to choose. Mean ± std over seeds, %.\n",
+             "anomaly) versus the last checkpoint. Test AUROC is shown for both, never used to choose; at checkpoints the "
+             "model is not yet calibrated, so these test AUROCs are those of the uncalibrated scoring. Mean ± std over seeds, %.\n",
              "| row | synthetic val AUROC, best | its iteration(s) | test AUROC at best-synthetic | test AUROC at last | "
              "synthetic val AUROC, last | pixel AUROC (synthetic), last | Spearman(synthetic val, test) over checkpoints |",
              "|---|---|---|---|---|---|---|---|"]
@@ -278,3 +280,18 @@ def default_vs_baseline(rows: dict, labels: dict, default_row: str, weighting: s
         ops = [offline_operating_point(x, weighting, quantile, split) for x in rows[default_row]]
         lines.append(f"| {split} | **default** | {len(ops)} | {ms([o['auroc'] for o in ops])} | {ms([o['f1'] for o in ops])} |")
     return "\n".join(lines) + "\n"
+
+
+def parameter_table() -> str:
+    """Parameter counts of the paper's configuration (WRN50-2 teacher, random weights: the counts do not depend on
+    them) next to the paper's Table 5 figures."""
+    from monai_scrd.networks import SCRD
+
+    model = SCRD("wide_resnet50_2", pretrained=False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    mib = 4 / 2**20  # float32 bytes per parameter, in MiB
+    return ("| | parameters | float32 size |\n|---|---|---|\n"
+            f"| ours, trainable (bottleneck + RD4AD decoder + scale head) | {trainable / 1e6:.2f} M | {trainable * mib:.1f} MiB |\n"
+            f"| ours, total (with the frozen WRN50-2 teacher up to stage 3) | {total / 1e6:.2f} M | {total * mib:.1f} MiB |\n"
+            "| paper Table 5, SCRD / RD4AD (\"Params (MB)\", RSNA) | - | 264.4 / 263.5 MB |\n")
