@@ -21,10 +21,9 @@ from monai_scrd.data import (
     list_image_inputs,
     read_dicom_series,
     read_medical_image,
-    save_map_nifti,
-    score_files,
-    score_volume,
 )
+from monai_scrd.engines import AnomalyInference, list_inputs
+from monai_scrd.scoring import Scorer, ScoringDataset, save_map
 
 ROWS, COLS, NSLICES = 12, 10, 5
 PIXEL_SPACING = (0.8, 0.6)  # (row spacing, column spacing), DICOM order
@@ -193,21 +192,29 @@ def test_series_scoring_round_trip(tmp_path, model):
     stored = _stored_volume(3)
     folder = write_series(tmp_path / "study" / "series1", stored)
     series = read_medical_image(folder, allow_volume=True)
-    res = score_volume(model, folder, image_size=32)
-    assert sorted(res.slice_scores) == list(range(NSLICES))
+    scorer = Scorer(model, image_size=32)
+    res = next(scorer.score([folder], return_maps=True))
+    assert res.ok and res.kind == "volume" and res.path == folder
+    assert sorted(res.slice_scores) == list(range(NSLICES))  # per-slice scores, slice k along the slice normal
     assert res.score == pytest.approx(max(res.slice_scores.values()))  # documented reduction: max of slice scores
-    out = save_map_nifti(res.map_image, None, tmp_path / "map.nii.gz")
-    again = nib.load(str(tmp_path / "map.nii.gz"))
-    assert again.shape == (ROWS, COLS, NSLICES) and out.shape == again.shape
+    mean = next(Scorer(model, image_size=32, volume_reduction="mean").score([folder]))
+    assert mean.score == pytest.approx(np.mean(list(res.slice_scores.values())))
+    assert res.anomaly_map.shape == (ROWS, COLS, NSLICES)
+    out = save_map(res.anomaly_map, tmp_path / "map.nii.gz", res.affine)
+    again = nib.load(out)
+    assert again.shape == (ROWS, COLS, NSLICES)
     np.testing.assert_allclose(again.affine, series.affine, atol=1e-4)
     assert np.isfinite(again.get_fdata()).all() and again.get_fdata().max() > 0
-    # batch scoring: a datalist entry (or a path) pointing at the folder is one volume
-    rows = score_files(model, [{"image": folder, "label": 0}], image_size=32)
-    assert rows[0]["kind"] == "volume" and rows[0]["score"] == pytest.approx(res.score, abs=1e-6)
+    # batch scoring: a datalist entry pointing at the folder is one volume, read as one item by the evaluator's dataset
+    prepared = ScoringDataset([{"image": folder, "label": 0}], scorer)[0]
+    assert not prepared.error and prepared.kind == "volume" and prepared.count == NSLICES
+    (batch,) = scorer.score_prepared([prepared])
+    assert batch.item["label"] == 0 and batch.score == pytest.approx(res.score, abs=1e-6)
     # folder discovery: the series folder is one input next to ordinary images
     (tmp_path / "study" / "notes.txt").write_text("x")
-    shutil.copy(read_medical_image(folder, allow_volume=True).meta["files"][0], tmp_path / "study" / "single.dcm")
+    shutil.copy(series.meta["files"][0], tmp_path / "study" / "single.dcm")
     assert list_image_inputs(tmp_path / "study") == [str(folder), str(tmp_path / "study" / "single.dcm")]
+    assert list_inputs(tmp_path / "study") == [{"image": str(folder)}, {"image": str(tmp_path / "study" / "single.dcm")}]
 
 
 def test_inference_writes_series_map(tmp_path, model):
@@ -215,16 +222,19 @@ def test_inference_writes_series_map(tmp_path, model):
     the series' shape and RAS affine (what 3D Slicer needs to overlay it on the loaded DICOM series)."""
     import csv
 
-    from monai_scrd.engines import AnomalyInference
-
     folder = write_series(tmp_path / "study" / "ct_head", _stored_volume(4))
-    rows = AnomalyInference(model, str(tmp_path / "out"), image_size=32, save_heatmaps=False)(str(tmp_path / "study"))
-    assert [r["path"] for r in rows] == [folder]
-    written = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    inference = AnomalyInference(Scorer(model, image_size=32), str(tmp_path / "out"), save_heatmaps=False)
+    rows = inference(str(tmp_path / "study"))
+    assert [r["path"] for r in rows] == [folder] and rows[0]["kind"] == "volume"
+    with open(tmp_path / "out" / "scores.csv", newline="") as f:
+        written = list(csv.DictReader(f))
     assert len(written) == 1 and written[0]["anomaly_map"].endswith("ct_head_anomaly_map.nii.gz")
+    assert float(written[0]["score"]) == pytest.approx(rows[0]["score"], rel=1e-5)
     amap = nib.load(written[0]["anomaly_map"])
     assert amap.shape == (ROWS, COLS, NSLICES)
     np.testing.assert_allclose(amap.affine, read_dicom_series(folder).affine, atol=1e-4)
+    with open(tmp_path / "out" / "errors.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == []
 
 
 def test_series_folder_refused_for_2d_use(tmp_path):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,8 +21,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_label import _label_python  # noqa: E402
-from test_registry_support import BUNDLE, REPO, TOL, clean_env, free_port  # noqa: E402
+from test_label import _require_label_venv  # noqa: E402
+from test_registry_support import BUNDLE, REPO, TOL, clean_env, free_port, running_server  # noqa: E402
 
 
 def _studies(folder: str, n: int) -> list[str]:
@@ -73,7 +71,7 @@ def _wait_for_training(base: str, task_id: str, timeout: float, log_path) -> tup
 
 @pytest.mark.slow
 def test_train_task_trains_publishes_and_serves(tmp_path):
-    python = _label_python()
+    _require_label_venv()
     bundle = tmp_path / "bundle"  # the repository bundle's configs, no trained weights
     shutil.copytree(os.path.join(BUNDLE, "configs"), bundle / "configs")
     studies = tmp_path / "studies"
@@ -83,24 +81,13 @@ def test_train_task_trains_publishes_and_serves(tmp_path):
 
     port = free_port()
     log_path = tmp_path / "server.log"
-    log = open(log_path, "w")
     env = clean_env(MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"), PYTHONPATH=REPO, OMP_NUM_THREADS="2")
-    proc = subprocess.Popen(
-        [python, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", str(bundle),
-         "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    # serve runs in the active environment and re-runs itself with the label venv's Python
+    cmd = [sys.executable, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", str(bundle),
+           "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        info = None
-        while info is None:
-            assert proc.poll() is None, "server exited:\n" + open(log_path).read()[-4000:]
-            try:
-                info = _request(base + "/info/", timeout=5)
-            except (urllib.error.URLError, ConnectionError, OSError):
-                assert time.time() < deadline, "MONAI Label did not start in 180 s:\n" + open(log_path).read()[-4000:]
-                time.sleep(1)
+    with running_server(cmd, base + "/info/", log_path, cwd=tmp_path, env=env) as proc:
+        info = _request(base + "/info/", timeout=10)
         # no weights yet: a train task, no infer model, and a clear answer to an infer request
         assert "scrd" in info["trainers"] and "scrd" not in info["models"]
         assert info["trainers"]["scrd"]["config"]["min_normal_studies"] == 10
@@ -139,17 +126,10 @@ def test_train_task_trains_publishes_and_serves(tmp_path):
         assert info["models"]["scrd"]["threshold"] == pytest.approx(threshold)
         assert info["train_stats"]["scrd"]["status"] == "DONE" and info["train_stats"]["scrd"]["iteration"] == 3
         res = _request(f"{base}/infer/scrd?image={query}&output=json", "POST", b"", timeout=120)
-        from monai_scrd.registry.scorer import SCRDScorer
+        from monai_scrd.registry import scorer_from_bundle
 
-        expected = SCRDScorer.from_bundle(str(trained), device="cpu").score_files([str(studies / f"{query}.png")])[0]
-        assert abs(res["score"] - expected["score"]) <= TOL, (res, expected)
+        _, scorer = scorer_from_bundle(str(trained), device="cpu")
+        expected = next(scorer.score([str(studies / f"{query}.png")]))
+        assert expected.ok and abs(res["score"] - expected.score) <= TOL, (res, expected.row())
         assert res["threshold"] == pytest.approx(threshold)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
     assert proc.poll() is not None

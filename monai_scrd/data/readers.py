@@ -595,7 +595,7 @@ def read_medical_image(path: str | os.PathLike, allow_volume: bool = False, appl
         if not allow_volume:
             raise DataError(
                 f"{path}: is a folder, not an image file (a DICOM series folder is a 3D volume: score it slice by "
-                "slice, monai_scrd.data.score_volume, or read it with allow_volume=True)"
+                "slice, monai_scrd.scoring.Scorer, or read it with allow_volume=True)"
             )
         return read_dicom_series(path, apply_voi)
     try:
