@@ -72,6 +72,7 @@ def _wait_for_training(base: str, task_id: str, timeout: float, log_path) -> tup
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three Python processes start torch and MONAI: server, refused training, training
 def test_train_task_trains_publishes_and_serves(tmp_path):
     python = _label_python()
     bundle = tmp_path / "bundle"  # the repository bundle's configs, no trained weights
@@ -92,14 +93,14 @@ def test_train_task_trains_publishes_and_serves(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 300
         info = None
         while info is None:
             assert proc.poll() is None, "server exited:\n" + open(log_path).read()[-4000:]
             try:
                 info = _request(base + "/info/", timeout=5)
             except (urllib.error.URLError, ConnectionError, OSError):
-                assert time.time() < deadline, "MONAI Label did not start in 180 s:\n" + open(log_path).read()[-4000:]
+                assert time.time() < deadline, "MONAI Label did not start in 300 s:\n" + open(log_path).read()[-4000:]
                 time.sleep(1)
         # no weights yet: a train task, no infer model, and a clear answer to an infer request
         assert "scrd" in info["trainers"] and "scrd" not in info["models"]
