@@ -70,6 +70,7 @@ def _wait_for_training(base: str, task_id: str, timeout: float, log_path) -> tup
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three Python processes start torch and MONAI: server, refused training, training
 def test_train_task_trains_publishes_and_serves(tmp_path):
     _require_label_venv()
     bundle = tmp_path / "bundle"  # the repository bundle's configs, no trained weights
