@@ -363,6 +363,7 @@ def test_torchrun_two_process_gloo(tmp_path):
                 "-m"]
     proc = bundle("run", "training", "--config_file", f"['{TRAIN}','{MULTI}']", *TINY, "--dist_backend", "gloo",
                   "--max_iterations", "3", "--ckpt_interval", "2", "--val_interval", "2", "--log_interval", "1",
+                  "--synthetic_anomalies_per_normal", "1",  # rank 0's synthetic validation: 20 images, not 40
                   "--output_dir", out, "--model_dir", os.path.join(out, "models"), launcher=launcher, timeout=300)
     log = proc.stdout + proc.stderr
     assert "rank 0 of 2" in log and "rank 1 of 2" in log
@@ -370,3 +371,5 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert not any(k.startswith("module.") for k in data["model"])  # DDP unwrapped
     final = torch.load(os.path.join(out, "checkpoints", "scrd_final.pt"), map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 3
+    with open(os.path.join(out, "models", "threshold.json")) as f:
+        assert [e["iteration"] for e in json.load(f)["synthetic_validation"]["evaluations"]] == [2, 3]  # under DDP too
