@@ -100,8 +100,10 @@ def test_training_leaves_model_and_threshold(trained):
     assert np.isfinite(thr["threshold"]) and thr["fitted_on"] == "validation" and thr["n_images"] == 2
     # label-free validation on synthetic anomalies (every val_interval=2) and the model selection record
     assert [e["iteration"] for e in thr["synthetic_validation"]["evaluations"]] == [2, 4]
-    assert thr["model_selection"] == "last" and thr["selected_iteration"] == 4 and thr["last"]["iteration"] == 4
-    assert thr["best_synthetic"]["iteration"] in (2, 4) and 0.0 <= thr["last"]["val_pixel_auroc_synthetic"] <= 1.0
+    assert thr["last"]["iteration"] == 4 and thr["best_synthetic"]["iteration"] in (2, 4)
+    best, last = thr["best_synthetic"], thr["last"]
+    use_best = thr["model_selection"] == "best_synthetic" and best["val_auroc_synthetic"] > last["val_auroc_synthetic"]
+    assert thr["selected"] == (best if use_best else last) and 0.0 <= last["val_pixel_auroc_synthetic"] <= 1.0
     assert thr["synthetic_validation"]["n_normal"] == 2 and thr["synthetic_validation"]["n_anomalous"] == 6
     assert "synthetic validation at iteration 2" in trained["log"]
     # the default scores with per-scale calibration fitted on the validation normals, saved with the weights
@@ -136,7 +138,7 @@ def test_mlflow_sqlite_has_loss_and_alpha(trained):
         assert len(client.get_metric_history(run.info.run_id, k)) >= 4
     assert "val_mean_score" in run.data.metrics and "threshold" in run.data.metrics
     assert {"val_auroc_synthetic", "val_pixel_auroc_synthetic", "selected_iteration"} <= set(run.data.metrics)
-    assert run.data.params["model_selection"] == "last"
+    assert run.data.params["model_selection"] in ("last", "best_synthetic")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "threshold.json"} <= artifacts
 
@@ -384,6 +386,7 @@ def test_torchrun_two_process_gloo(tmp_path):
                 "--log-dir", logs, "--redirects", "3", "-m"]
     bundle("run", "training", "--config_file", f"['{TRAIN}','{MULTI}']", *TINY, "--dist_backend", "gloo",
            "--max_iterations", "3", "--ckpt_interval", "2", "--val_interval", "2", "--log_interval", "1",
+           "--synthetic_anomalies_per_normal", "1",  # rank 0's synthetic validation: 20 images, not 40
            "--output_dir", out, "--model_dir", os.path.join(out, "models"), "--tracking", "mlflow",
            launcher=launcher, timeout=300)
     rank0, rank1 = _rank_logs(logs, 0), _rank_logs(logs, 1)
@@ -395,6 +398,8 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert not any(k.startswith("module.") for k in data["model"])  # DDP unwrapped
     final = torch.load(os.path.join(out, "checkpoints", "scrd_final.pt"), map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 3
+    with open(os.path.join(out, "models", "threshold.json")) as f:
+        assert [e["iteration"] for e in json.load(f)["synthetic_validation"]["evaluations"]] == [2, 3]  # under DDP too
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{os.path.join(out, 'mlflow.db')}")
