@@ -12,6 +12,7 @@ stored ``threshold.json`` and the last training log lines. The bundle docs quote
     python benchmarks/bundle_sample.py                                   # defaults, seeds 0 1 2
     python benchmarks/bundle_sample.py --name paper --config paper       # the paper-literal configuration
     python benchmarks/bundle_sample.py --name rd4ad -- --contrastive false --scale_adaptive false
+    python benchmarks/bundle_sample.py --report                          # the markdown table the bundle docs quote
 """
 
 from __future__ import annotations
@@ -45,14 +46,31 @@ def run(cmd: list[str]) -> tuple[float, str]:
     return wall, proc.stdout + proc.stderr
 
 
+def report(out_dir: Path) -> str:
+    """Markdown table of every recorded run (one row per configuration and seed)."""
+    lines = ["| configuration | seed | test AUROC | F1 at the stored threshold | training wall time | load at the end | command |",
+             "|---|---|---|---|---|---|---|"]
+    for f in sorted(out_dir.glob("*/seed*.json")):
+        d = json.loads(f.read_text())
+        stored = d["metrics"].get("stored_threshold", {})
+        f1 = f"{stored['f1']:.3f}" if "f1" in stored else "-"
+        lines.append(f"| {d['name']} | {d['seed']} | {d['metrics']['auroc']:.3f} | {f1} | {d['train_wall_s']:.0f} s | "
+                     f"{d['machine']['loadavg'][0]:.1f} | `{d['train_command']}` |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--name", default="default", help="results sub-folder")
     p.add_argument("--config", nargs="*", default=[], help="extra config files after train.json (e.g. paper)")
     p.add_argument("--out-dir", type=Path, default=C.RESULTS_DIR / "bundle_sample")
+    p.add_argument("--report", action="store_true", help="print the markdown table of the recorded runs")
     p.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. --max_iterations 50")
     args = p.parse_args(argv)
+    if args.report:
+        print(report(args.out_dir))
+        return []
     results = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="scrd_sample_") as tmp:
