@@ -95,10 +95,15 @@ class AnomalyInference:
 
     @torch.no_grad()
     def _score_2d(self, img) -> tuple[float, np.ndarray, np.ndarray]:
+        from monai_scrd.data.color import check_color_mode
         from monai_scrd.data.transforms import array_transforms
         from monai_scrd.scoring import image_score
 
-        x = array_transforms("image", self.image_size)({"image": torch.from_numpy(np.ascontiguousarray(img.array))})["image"]
+        # the colour mode the model was trained in (threshold.json); without a record: grayscale, no check (older models)
+        color_mode = (self.threshold_info or {}).get("color_mode")
+        check_color_mode(img.array, color_mode, img.path)
+        tf = array_transforms("image", self.image_size, color_mode=color_mode or "grayscale")
+        x = tf({"image": torch.from_numpy(np.ascontiguousarray(img.array))})["image"]
         x = torch.as_tensor(x)[None].float().to(self.device)
         amap = self.network(x).float()
         score = float(image_score(amap, self.reduction)[0])

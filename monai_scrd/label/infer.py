@@ -109,6 +109,7 @@ class SCRDInferTask(InferTask):
                 "threshold": spec.threshold_value,
                 "backbone": spec.network.get("backbone"),
                 "image_size": spec.preprocessing.get("image_size", 256),
+                "color_mode": spec.preprocessing.get("color_mode", "grayscale"),
                 "score_reduction": spec.score_reduction,
                 "bundle": {k: spec.metadata.get(k) for k in ("name", "version") if k in spec.metadata},
             }

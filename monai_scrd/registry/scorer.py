@@ -41,7 +41,7 @@ SPEC_FILE = "scrd_model.json"
 CHECKPOINT_FILE = "model.pt"
 FORMAT_VERSION = 1
 MAP_FORMATS = ("nii.gz", "npy", "png")
-PREPROCESSING_KEYS = ("image_size", "intensity", "percentiles", "apply_voi", "channels")
+PREPROCESSING_KEYS = ("image_size", "intensity", "percentiles", "apply_voi", "channels", "color_mode")
 NETWORK_TARGET = "monai_scrd.networks.SCRD"
 
 
@@ -425,9 +425,15 @@ class SCRDScorer:
         return self.spec.threshold_value
 
     def _read(self, path: str):
+        """Read a file for scoring; a 2D image whose colour mode differs from the model's recorded ``color_mode`` is
+        refused (``DataError`` naming the file and both modes; models without a record accept both, as before)."""
+        from monai_scrd.data.color import check_color_mode
         from monai_scrd.data.readers import read_medical_image
 
-        return read_medical_image(path, allow_volume=True, apply_voi=bool(self.spec.preprocessing.get("apply_voi", True)))
+        img = read_medical_image(path, allow_volume=True, apply_voi=bool(self.spec.preprocessing.get("apply_voi", True)))
+        if not img.is_volume:
+            check_color_mode(img.array, self.spec.preprocessing.get("color_mode"), path)
+        return img
 
     def _array_transform(self):
         from monai_scrd.data.transforms import array_transforms
