@@ -1,4 +1,5 @@
-"""Preprocessing for SCRD: load any medical/natural image, make it 3-channel grayscale, resize, scale to [0, 1]."""
+"""Preprocessing for SCRD: load any medical/natural image, make it 3-channel grayscale or RGB (``color_mode``), resize,
+scale to [0, 1]."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from monai.transforms import (
 )
 from monai.utils import TransformBackends
 
+from monai_scrd.data.color import COLOR_MODES, check_color_mode, image_color_mode
 from monai_scrd.data.errors import DataError
 from monai_scrd.data.readers import LoadMedicalImaged
 
 __all__ = [
     "ToGrayscaleChannels",
     "ToGrayscaleChannelsd",
+    "ToColorMode",
+    "ToColorModed",
     "ScaleIntensityToUnit",
     "ScaleIntensityToUnitd",
     "intensity_bounds",
@@ -60,6 +64,71 @@ class ToGrayscaleChannelsd(MapTransform):
     def __init__(self, keys: KeysCollection, channels: int = 3, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = ToGrayscaleChannels(channels)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class ToColorMode(Transform):
+    """Channel-first image to the model's 3 input channels in the given colour mode (see :mod:`monai_scrd.data.color`).
+
+    ``"grayscale"``: as :class:`ToGrayscaleChannels` (RGB averaged, replicated to ``channels``). ``"rgb"``: the first
+    three channels (alpha dropped); a grayscale source (1 channel, or gray + alpha) is replicated to 3. ``"auto"``:
+    ``"rgb"`` for a colour image (:func:`~monai_scrd.data.color.image_color_mode`), else ``"grayscale"``, decided per
+    image; a training run resolves ``"auto"`` once for its whole datalist instead
+    (:func:`~monai_scrd.data.color.resolve_color_mode`). The mode used is stored in a MetaTensor's ``meta["color_mode"]``.
+
+    Args:
+        color_mode: ``"grayscale"``, ``"rgb"`` or ``"auto"``.
+        channels: output channels in grayscale mode (3 for ImageNet teachers); RGB output has 3.
+        refuse_mismatch: raise a :class:`DataError` naming the file (a MetaTensor's ``filename_or_obj``) when the image's
+            own mode differs from ``color_mode`` (scoring with a trained model), instead of converting it (training).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, color_mode: str = "grayscale", channels: int = 3, refuse_mismatch: bool = False) -> None:
+        if color_mode not in COLOR_MODES:
+            raise ValueError(f"color_mode {color_mode!r} is not one of {COLOR_MODES}")
+        self.color_mode = color_mode
+        self.refuse_mismatch = bool(refuse_mismatch)
+        self.to_gray = ToGrayscaleChannels(channels)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.refuse_mismatch:
+            source = getattr(img, "meta", {}).get("filename_or_obj", "image")
+            mode = check_color_mode(img, self.color_mode, source)
+        else:
+            mode = image_color_mode(img) if self.color_mode == "auto" else self.color_mode
+        if mode == "grayscale":
+            out = self.to_gray(img)
+        elif img.shape[0] >= 3:
+            out = img[:3].float()
+        else:
+            out = ToGrayscaleChannels(3)(img)
+        if hasattr(out, "meta"):
+            out.meta["color_mode"] = mode
+        return out
+
+
+class ToColorModed(MapTransform):
+    """Dictionary wrapper of :class:`ToColorMode`."""
+
+    backend = ToColorMode.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        color_mode: str = "grayscale",
+        channels: int = 3,
+        refuse_mismatch: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ToColorMode(color_mode, channels, refuse_mismatch)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -164,12 +233,14 @@ def array_transforms(
     intensity: str = "minmax",
     percentiles: Sequence[float] = (0.5, 99.5),
     channels: int = 3,
+    color_mode: str = "grayscale",
+    refuse_mismatch: bool = False,
 ) -> Compose:
     """The steps of :func:`preprocessing_transforms` after loading, for images already in memory
     (``{"image": [C, H, W] tensor}``); used to score the slices of a volume."""
     return Compose(
         [
-            ToGrayscaleChannelsd(keys, channels=channels),
+            ToColorModed(keys, color_mode=color_mode, channels=channels, refuse_mismatch=refuse_mismatch),
             Resized(keys, spatial_size=_size(image_size), mode="bilinear", anti_aliasing=True),
             ScaleIntensityToUnitd(keys, intensity=intensity, percentiles=percentiles),
             EnsureTyped(keys, dtype=torch.float32),
@@ -184,22 +255,29 @@ def preprocessing_transforms(
     percentiles: Sequence[float] = (0.5, 99.5),
     apply_voi: bool = True,
     channels: int = 3,
+    color_mode: str = "grayscale",
+    refuse_mismatch: bool = False,
 ) -> Compose:
-    """Load and validate (DICOM/NIfTI/PNG/JPEG, see :class:`LoadMedicalImaged`), grayscale to ``channels`` channels,
-    resize to ``image_size`` and scale intensities to [0, 1]. For 2D images; a 3D volume raises a ``DataError``
-    (volumes are scored slice by slice by ``monai_scrd.scoring.Scorer``).
+    """Load and validate (DICOM/NIfTI/PNG/JPEG, see :class:`LoadMedicalImaged`), convert to the model's 3 channels in
+    ``color_mode`` (grayscale replicated, or RGB), resize to ``image_size`` and scale intensities to [0, 1]. For 2D
+    images; a 3D volume raises a ``DataError`` (volumes are scored slice by slice by ``monai_scrd.scoring.Scorer``).
 
     Output: ``{"image": float32 MetaTensor [channels, H, W] in [0, 1]}`` with rows first (no transpose).
 
     Args:
         keys: keys holding image paths.
         image_size: output spatial size (int for square); keep it a multiple of 32.
-        intensity: ``"minmax"`` (default), ``"percentile"`` (robust to outliers) or ``"none"``.
+        intensity: ``"minmax"`` (default), ``"percentile"`` (robust to outliers) or ``"none"``; RGB images are scaled
+            with one range for all three channels, so hues are kept.
         percentiles: low/high percentiles (in %) mapped to 0 and 1 when ``intensity="percentile"``.
         apply_voi: apply a DICOM VOI LUT / window centre-width when the file has one.
-        channels: output channels (3 for ImageNet teachers).
+        channels: output channels in grayscale mode (3 for ImageNet teachers).
+        color_mode: ``"grayscale"``, ``"rgb"`` or ``"auto"`` (per image; see :class:`ToColorMode` and
+            :mod:`monai_scrd.data.color`, which also resolves ``"auto"`` once for a whole datalist).
+        refuse_mismatch: refuse (``DataError`` naming the file) an image whose own colour mode differs from
+            ``color_mode`` instead of converting it; for scoring with a trained model.
     """
     return DataCompose(
         [LoadMedicalImaged(keys, allow_volume=False, apply_voi=apply_voi)]
-        + list(array_transforms(keys, image_size, intensity, percentiles, channels).transforms)
+        + list(array_transforms(keys, image_size, intensity, percentiles, channels, color_mode, refuse_mismatch).transforms)
     )

@@ -122,6 +122,7 @@ class SCRDInferTask(InferTask):
                 "threshold": self.scorer.threshold,
                 "backbone": spec.network.get("backbone"),
                 "image_size": self.scorer.preprocessing["image_size"],
+                "color_mode": self.scorer.preprocessing["color_mode"] or "grayscale",
                 "score_reduction": self.scorer.score_reduction,
                 "bundle": {k: spec.metadata.get(k) for k in ("name", "version") if k in spec.metadata},
             }

@@ -180,6 +180,8 @@ def spec_from_bundle(
     for key in PREPROCESSING_KEYS:
         if key in parser.config:
             preprocessing[key] = json_safe(parser.get_parsed_content(key))
+    if preprocessing.get("color_mode") not in ("grayscale", "rgb"):  # "auto" (train.json): the mode threshold.json recorded
+        preprocessing.pop("color_mode", None)
     reduction = str(parser.get_parsed_content("score_reduction")) if "score_reduction" in parser.config else "mean"
     volume_reduction = str(parser.get_parsed_content("volume_reduction")) if "volume_reduction" in parser.config else "max"
     if threshold is None:

@@ -4,8 +4,9 @@ Bundle evaluation (and validation during training), bundle inference, the MLflow
 score through :class:`Scorer`, so one file gets the same score, the same decision and the same error everywhere:
 
 * reading: :func:`~monai_scrd.data.read_medical_image` (DICOM, NIfTI, PNG/JPEG/...; 3D volumes allowed), then the
-  preprocessing transforms (grayscale to ``channels``, resize to ``image_size``, intensity scaling) built once from the
-  bundle's settings (:class:`Preprocessor`);
+  preprocessing transforms (grayscale to ``channels`` or RGB by ``color_mode``, resize to ``image_size``, intensity
+  scaling) built once from the bundle's settings (:class:`Preprocessor`), which also refuses a 2D image of the other
+  colour mode than the model was trained in;
 * 2D images and slice-wise 3D volumes: every non-empty slice is preprocessed like a 2D image, the volume score is the
   ``volume_reduction`` (max) of the slice scores;
 * batching across files and slices, channels-last inputs on the CPU and mixed precision on CUDA;
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from monai_scrd.data.color import check_color_mode
 from monai_scrd.data.errors import DataError
 from monai_scrd.data.readers import MedicalImage, read_medical_image
 from monai_scrd.data.robust import error_message
@@ -67,7 +69,7 @@ __all__ = [
 logger = logging.getLogger("monai_scrd.scoring")
 
 MAP_FORMATS = ("nii.gz", "nii", "npy", "png")
-PREPROCESSING_KEYS = ("image_size", "intensity", "percentiles", "apply_voi", "channels")
+PREPROCESSING_KEYS = ("image_size", "intensity", "percentiles", "apply_voi", "channels", "color_mode")
 REDUCTIONS = ("mean", "max")
 
 
@@ -315,6 +317,12 @@ class Preprocessor:
         percentiles: low/high percentiles for ``"percentile"``.
         apply_voi: apply a DICOM VOI LUT / window when the file has one.
         channels: model input channels (grayscale replicated).
+        color_mode: the colour mode the model was trained in, ``"grayscale"`` or ``"rgb"``: a 2D image of the other
+            mode is refused (one line naming the file and both modes, see
+            :func:`~monai_scrd.data.color.check_color_mode`). ``None``: a model trained before colour modes existed,
+            grayscale without a check.
+        refuse_color_mismatch: refuse an image of the other colour mode (scoring with a trained model); False converts
+            it to ``color_mode`` instead (validation during training, where ``color_mode`` may be forced on a mixed set).
     """
 
     def __init__(
@@ -324,17 +332,24 @@ class Preprocessor:
         percentiles: Sequence[float] = (0.5, 99.5),
         apply_voi: bool = True,
         channels: int = 3,
+        color_mode: str | None = None,
+        refuse_color_mismatch: bool = True,
     ) -> None:
+        if color_mode not in (None, "grayscale", "rgb"):
+            raise ValueError(f"color_mode {color_mode!r} of a trained model is not 'grayscale' or 'rgb'")
         self.settings = {
             "image_size": int(image_size) if isinstance(image_size, (int, np.integer)) else [int(s) for s in image_size],
             "intensity": str(intensity),
             "percentiles": [float(p) for p in percentiles],
             "apply_voi": bool(apply_voi),
             "channels": int(channels),
+            "color_mode": color_mode,
         }
         self.transform = array_transforms(
-            "image", self.settings["image_size"], self.settings["intensity"], self.settings["percentiles"], self.settings["channels"]
+            "image", self.settings["image_size"], self.settings["intensity"], self.settings["percentiles"], self.settings["channels"],
+            color_mode=color_mode or "grayscale",
         )
+        self.refuse_color_mismatch = bool(refuse_color_mismatch)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         x = self.transform({"image": torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))})["image"]
@@ -357,6 +372,8 @@ class Preprocessor:
                 images = torch.stack([self._tensor(s[None]) for _, s in picked])
                 prepared = Prepared(path, item, images, "volume", [i for i, _ in picked])
             else:
+                if self.refuse_color_mismatch:
+                    check_color_mode(img.array, self.settings["color_mode"], path)
                 prepared = Prepared(path, item, self._tensor(img.array)[None], "image")
         except Exception as e:  # noqa: BLE001 - every failure becomes the file's one error line
             return Prepared(path=path, item=item, error=error_message(path, e))
@@ -441,6 +458,9 @@ class Scorer:
         network: SCRD (or a module whose eval forward returns ``[B, 1, H, W]`` anomaly maps); DDP/DataParallel
             wrappers are looked through. Its weights are used as they are when scoring (load them first).
         image_size, intensity, percentiles, apply_voi, channels: preprocessing (:class:`Preprocessor`).
+        color_mode: the model's colour mode (:class:`Preprocessor`); default: the ``color_mode`` recorded in the
+            threshold record (``threshold.json``), else none (grayscale, unchecked: models from before colour modes).
+        refuse_color_mismatch: refuse images of the other colour mode (default), or convert them (:class:`Preprocessor`).
         score_reduction: anomaly map -> image score, ``"mean"`` (paper) or ``"max"``.
         volume_reduction: slice scores -> volume score, ``"max"`` or ``"mean"``.
         threshold: decision threshold (number, threshold JSON file or record; a missing file means none, with a
@@ -459,6 +479,8 @@ class Scorer:
         percentiles: Sequence[float] = (0.5, 99.5),
         apply_voi: bool = True,
         channels: int = 3,
+        color_mode: str | None = None,
+        refuse_color_mismatch: bool = True,
         score_reduction: str = "mean",
         volume_reduction: str = "max",
         threshold: Any = None,
@@ -471,12 +493,14 @@ class Scorer:
             if value not in REDUCTIONS:
                 raise ValueError(f"{name} {value!r} is not 'mean' or 'max'")
         self.network = network
-        self.preprocessor = Preprocessor(image_size, intensity, percentiles, apply_voi, channels)
         self.score_reduction = score_reduction
         self.volume_reduction = volume_reduction
         self.threshold_info = read_threshold(threshold, missing_ok=True)
         if threshold not in (None, "") and self.threshold_info is None:
             logger.warning(f"no threshold file at {threshold}: is_anomaly stays empty (train with validation images first)")
+        if color_mode is None and self.threshold_info is not None:
+            color_mode = self.threshold_info.get("color_mode")
+        self.preprocessor = Preprocessor(image_size, intensity, percentiles, apply_voi, channels, color_mode, refuse_color_mismatch)
         self.batch_size = max(1, int(batch_size))
         self._device = None if device is None else torch.device(device)
         self.amp = bool(amp)
@@ -484,7 +508,8 @@ class Scorer:
 
     @property
     def preprocessing(self) -> dict:
-        """The preprocessing settings (``image_size``, ``intensity``, ``percentiles``, ``apply_voi``, ``channels``)."""
+        """The preprocessing settings (``image_size``, ``intensity``, ``percentiles``, ``apply_voi``, ``channels``,
+        ``color_mode``)."""
         return dict(self.preprocessor.settings)
 
     @property
