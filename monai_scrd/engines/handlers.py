@@ -284,7 +284,7 @@ class TrainingFinalizer:
         selection_info = self.selection.select(engine) if self.selection is not None else {}
         if self.calibrate_scales and self.val_loader is not None:
             selection_info.update(self.fit_scale_calibration())
-            engine.logger.info(f"per-scale calibration on the validation normals: {selection_info['scale_calibration']}")
+            logger.info(f"per-scale calibration on the validation normals: {selection_info['scale_calibration']}")
         os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, self.model_path)
         files = [self.model_path]

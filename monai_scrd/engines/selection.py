@@ -306,7 +306,7 @@ class SyntheticValidation:
         if self.best is None or record[VAL_AUROC_KEY] >= self.best[VAL_AUROC_KEY]:
             self.best = record
             self._best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        engine.logger.info(
+        logger.info(
             f"synthetic validation at iteration {iteration}: image AUROC {record[VAL_AUROC_KEY]:.4f}, pixel AUROC "
             f"{record[VAL_PIXEL_AUROC_KEY]:.4f} ({result['n_normal']} normals, {result['n_anomalous']} synthetic "
             f"anomalies, seed {self.seed}; {time.perf_counter() - start:.1f} s)"
@@ -340,7 +340,7 @@ class SyntheticValidation:
         )
         if use_best:
             unwrap(self.network if self.network is not None else engine.network).load_state_dict(self._best_state)
-            engine.logger.info(f"model selection: best synthetic-validation weights of iteration {best['iteration']} "
+            logger.info(f"model selection: best synthetic-validation weights of iteration {best['iteration']} "
                                f"(image AUROC {best[VAL_AUROC_KEY]:.4f}; last {last[VAL_AUROC_KEY]:.4f})")
         selected = best if use_best else last
         engine.state.metrics.update(
