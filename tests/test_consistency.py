@@ -168,9 +168,13 @@ def test_inference_and_pyfunc_agree_with_evaluation(case):
 
 
 def _label_python() -> str:
-    from test_label import _label_python as find
+    """The MONAI Label venv's Python (skips, or fails with SCRD_REQUIRE_LABEL=1, when it is missing)."""
+    from test_label import _require_label_venv
 
-    return find()
+    from monai_scrd.label import default_label_venv
+
+    _require_label_venv()
+    return os.path.join(default_label_venv(), "bin", "python")
 
 
 def _post(url: str, timeout: float = 120):

@@ -72,7 +72,8 @@ def test_train_step_updates_student_only_and_logs_alpha(contrastive, scale_adapt
     alphas = [trainer.state.metrics[f"alpha_{k}"] for k in (1, 2, 3)]
     assert abs(sum(alphas) - 1.0) < 1e-4 if scale_adaptive else alphas == [1.0, 1.0, 1.0]
     values = train_log_values(trainer.state.output)
-    assert set(values) == {"loss", "alpha_1", "alpha_2", "alpha_3"} and np.isfinite(values["loss"])
+    ratios = {"ratio_1", "ratio_2", "ratio_3"} if contrastive else set()  # the contrastive ratio per scale
+    assert set(values) == {"loss", "alpha_1", "alpha_2", "alpha_3"} | ratios and np.isfinite(values["loss"])
 
 
 def test_contrastive_step_needs_noisy_view():

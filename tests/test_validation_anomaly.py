@@ -205,8 +205,15 @@ def test_handler_keeps_the_best_and_selects(model_selection, tmp_path):
     normals = _textured(2, 32)
     sv = SyntheticValidation(normals, interval=1, seed=0, model_selection=model_selection, batch_size=4)
     net = Oracle(sv.validation_set, 0.5)
+    from monai_scrd.scoring import Scorer
+    from monai_scrd.scoring.scorer import Prepared
+
+    # the validation normals as the scorer's prepared files (what the bundle's ScoringDataset loader gives)
+    prepared = [[Prepared(f"normal{i}", {"image": f"normal{i}"}, images=torch.as_tensor(normals[i : i + 1]))
+                 for i in range(len(normals))]]
     final = TrainingFinalizer(net, str(tmp_path / "model.pt"), str(tmp_path / "threshold.json"),
-                              val_loader=[{"image": normals}], device="cpu", selection=sv)
+                              scorer=Scorer(net, image_size=32, amp=False, channels_last=False), val_loader=prepared,
+                              selection=sv)
     engine = _fake_training(net, {1: 0.2, 2: 1.0, 3: 0.0}, [sv, final])
     engine.run([0, 1, 2], max_epochs=1)
     assert [r["iteration"] for r in sv.history] == [1, 2, 3]
