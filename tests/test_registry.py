@@ -107,7 +107,8 @@ def test_load_by_alias_in_fresh_process(registered, tmp_path):
     work.mkdir()
     proc = subprocess.run(
         [PYTHON, "-c", FRESH_SCRIPT, json.dumps(paths), str(tmp_path / "maps")],
-        cwd=work, env=clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu"),
+        cwd=work, env=clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu",
+                                SCRD_INPUT_ROOTS=str(registered["root"]), SCRD_OUTPUT_ROOTS=str(tmp_path)),
         capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,7 +131,7 @@ def test_load_by_alias_in_fresh_process(registered, tmp_path):
     assert nib.load(rows[2]["map_path"]).shape[:2] == (48, 40)  # NIfTI map at the input's own size
     assert rows[3]["score"] is None  # a failed row has no score (JSON null, never NaN)
     assert "broken.png" in rows[3]["error"] and rows[3]["is_anomaly"] is None and rows[3]["map_path"] == ""
-    assert "missing.png" in rows[4]["error"] and "not found" in rows[4]["error"]
+    assert rows[4]["error"] == f"{paths[4]}: no such image file in the folders this model may read"
     assert rows[5]["error"] == "" and np.isfinite(rows[5]["score"])  # 3D NIfTI scored slice by slice
 
     bundle_scores = bundle_inference_scores(registered["bundle"], paths[:3] + [imgs["volume"]], str(tmp_path / "bundle_out"))
@@ -145,7 +146,7 @@ def test_rest_scoring_on_loopback(registered, tmp_path):
     port = free_port()
     cmd = [PYTHON, "-m", "mlflow", "models", "serve", "-m", "models:/scrd@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]
-    env = clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu")
+    env = clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu", SCRD_OUTPUT_ROOTS=str(tmp_path))
     base = f"http://127.0.0.1:{port}"
     with running_server(cmd, base + "/ping", tmp_path / "serve.log", cwd=registered["root"], env=env, timeout=150):
         imgs = registered["images"]

@@ -8,10 +8,13 @@ Python has no monailabel, ``serve`` re-runs itself with that venv's Python (:fun
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from monai_scrd.label import default_label_venv, write_app
+
+CORS_NONE = "https://cors-disabled.invalid"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="extra app --conf")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="URL",
+                   help="allow browser pages of this origin (e.g. https://viewer.example.org); default: none")
     args = p.parse_args(argv)
 
     if args.command == "app":
@@ -63,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
            os.path.abspath(args.studies), "--host", args.host, "--port", str(args.port)]
     for k, v in conf:
         cmd += ["--conf", k, v]
+    # MONAI Label allows every origin when its CORS list is empty: give it one that cannot match a real page instead
+    # (the reserved .invalid domain), unless origins were asked for here or in MONAI Label's own setting
+    if args.cors_origin or not os.environ.get("MONAI_LABEL_CORS_ORIGINS"):
+        os.environ["MONAI_LABEL_CORS_ORIGINS"] = json.dumps(args.cors_origin or [CORS_NONE])
     print(" ".join(cmd), flush=True)
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover

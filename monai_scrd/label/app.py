@@ -19,6 +19,8 @@ Without any trained weights (e.g. a fresh ``bundles/scrd`` and an empty app fold
 task only, and the infer task appears once a training has finished.
 
 Requests for an unknown model or image answer HTTP 404, unreadable images 422, each with a one-line ``detail``.
+Images are read only from the studies folder: an image id of the datastore, or a path that resolves (symbolic links
+included) to a file inside it; anything else, existing or not (absolute paths, ``..``, uploads), answers the same 404.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from monai_scrd.label.infer import SCRDInferTask, http_error, load_scorer
 from monai_scrd.label.train import SCRDTrainTask
+from monai_scrd.scoring import resolve_inside
 
 __all__ = ["SCRDLabelApp", "DEFAULT_EXTENSIONS"]
 
@@ -142,6 +145,17 @@ class SCRDLabelApp(MONAILabelApp):
     def init_strategies(self):
         return {}
 
+    def resolve_image(self, image, datastore) -> str:
+        """The real path of a requested image: a datastore id, or a path inside the studies folder; else HTTP 404
+        (the same answer for a missing file and for one outside the studies folder)."""
+        if isinstance(image, str) and image:
+            uri = datastore.get_image_uri(image) if "\x00" not in image else ""
+            candidate = uri or (image if os.path.isabs(image) else os.path.join(self.studies, image))
+            real = resolve_inside(candidate, [self.studies])
+            if real is not None:
+                return real
+        raise http_error(404, f"image {image!r} is not in the studies folder (list them with GET /datastore/?output=all)")
+
     def infer(self, request, datastore=None):
         model = request.get("model")
         if model not in self._infers:
@@ -149,9 +163,6 @@ class SCRDLabelApp(MONAILabelApp):
         self._refresh_model()
         if self.scorer is None:
             raise http_error(404, f"model {model!r} has no trained weights yet; mark normal studies and POST /train/{model}")
-        image = request.get("image")
-        if isinstance(image, str) and image and not os.path.exists(image):
-            ds = datastore if datastore else self.datastore()
-            if not ds.get_image_uri(image):
-                raise http_error(404, f"image {image!r} is not in the studies folder (list them with GET /datastore/?output=all)")
-        return super().infer(request, datastore)
+        ds = datastore if datastore else self.datastore()
+        request = {**request, "image": self.resolve_image(request.get("image"), ds)}
+        return super().infer(request, ds)

@@ -75,12 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--map-dir", help="write anomaly maps here (and print their paths)")
     s.add_argument("--map-format", default="nii.gz", choices=["nii.gz", "npy", "png"])
     s.add_argument("images", nargs="+")
+    for sub_parser in (r, s):
+        sub_parser.add_argument("--progress", action="store_true", help="show MLflow's artifact progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from monai_scrd.registry.api import quiet_progress
+
+    with quiet_progress(not getattr(args, "progress", False)):
+        return _command(args)
+
+
+def _command(args) -> int:
     from monai_scrd.registry.api import RegistryError, register_model, register_run, resolve_tracking_uri, set_alias
 
     try:

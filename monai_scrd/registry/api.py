@@ -15,6 +15,7 @@ from monai_scrd.registry.spec import (
     CHECKPOINT_FILE,
     NETWORK_TARGET,
     SPEC_FILE,
+    WEIGHTS_FILE,
     ModelSpec,
     bundle_checkpoint,
     spec_from_bundle,
@@ -40,7 +41,8 @@ logger = logging.getLogger("monai_scrd.registry")
 MODEL_NAME_IN_RUN = "scrd_model"
 NETWORK_ARGS = ("backbone", "contrastive", "scale_adaptive", "sigma")
 # third-party packages the pyfunc imports when it scores (monai_scrd itself travels with the model by default)
-RUNTIME_PACKAGES = ("torch", "torchvision", "monai", "numpy", "pandas", "nibabel", "pydicom", "pillow", "scipy", "timm", "mlflow")
+RUNTIME_PACKAGES = ("torch", "torchvision", "monai", "numpy", "pandas", "nibabel", "pydicom", "pillow", "scipy", "timm", "mlflow",
+                    "safetensors")
 
 
 class RegistryError(RuntimeError):
@@ -63,6 +65,23 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
             "support; use a database, e.g. --tracking-uri sqlite:///mlflow.db (or an http(s):// tracking server)"
         )
     return uri
+
+
+@contextlib.contextmanager
+def quiet_progress(enabled: bool = True) -> Iterator[None]:
+    """No MLflow artifact progress bars inside the block (our commands print none unless asked)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    if enabled:
+        os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if enabled:
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous
 
 
 @contextlib.contextmanager
@@ -294,13 +313,13 @@ def log_scrd_model(
     """
     import mlflow
 
-    from monai_scrd.registry.pyfunc import SCRDPyfuncModel, input_example, model_signature
+    from monai_scrd.registry.pyfunc import input_example, model_code_path, model_signature
 
     if mlflow.active_run() is None:
         raise RegistryError("log_scrd_model needs an active MLflow run (use register_model, or mlflow.start_run())")
     with tempfile.TemporaryDirectory(prefix="scrd_log_") as tmp:
         model_dir = write_model_dir(os.path.join(tmp, "model"), checkpoint, spec)
-        artifacts = {"checkpoint": os.path.join(model_dir, CHECKPOINT_FILE), "spec": os.path.join(model_dir, SPEC_FILE)}
+        artifacts = {"weights": os.path.join(model_dir, WEIGHTS_FILE), "spec": os.path.join(model_dir, SPEC_FILE)}
         if spec.threshold:
             artifacts["threshold"] = os.path.join(model_dir, "threshold.json")
             with open(artifacts["threshold"], "w") as f:
@@ -318,9 +337,11 @@ def log_scrd_model(
             "bundle_name": spec.metadata.get("name"),
             "bundle_version": spec.metadata.get("version"),
         }
+        # "models from code": MLflow runs monai_scrd/registry/model_code.py to build the model when loading it,
+        # instead of unpickling a python_model.pkl; the weights are safetensors and the spec JSON
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=SCRDPyfuncModel(),
+            python_model=model_code_path(),
             artifacts=artifacts,
             code_paths=code_paths,
             signature=model_signature(),
@@ -581,19 +602,20 @@ class RegisterModelHandler:
         if not (self.enabled and self.name) or not is_rank0():
             return
         found = find_mlflow_run(self.tracking_uri, self.experiment_name or "", self.run_name or "")
-        self.version = register_trained_model(
-            self.name,
-            self.model_path,
-            network=self.network,
-            preprocessing=self.preprocessing,
-            score_reduction=self.score_reduction,
-            threshold_path=self.threshold_path,
-            metadata=self.metadata,
-            run_id=found[1] if found else None,
-            tracking_uri=self.tracking_uri,
-            experiment_name=self.experiment_name,
-            alias=self.alias,
-        )
+        with quiet_progress():
+            self.version = register_trained_model(
+                self.name,
+                self.model_path,
+                network=self.network,
+                preprocessing=self.preprocessing,
+                score_reduction=self.score_reduction,
+                threshold_path=self.threshold_path,
+                metadata=self.metadata,
+                run_id=found[1] if found else None,
+                tracking_uri=self.tracking_uri,
+                experiment_name=self.experiment_name,
+                alias=self.alias,
+            )
         logger.info(
             f"registered model {self.name} version {self.version.version}"
             + (f" (alias {self.alias}: models:/{self.name}@{self.alias})" if self.alias else "")

@@ -17,6 +17,12 @@ Parameters (``predict(df, params={...})`` or the ``params`` of a REST request):
   ``"model"``: the model's input size).
 
 3D volumes (3D NIfTI, multi-frame DICOM) are scored slice by slice like the bundle does (score: max over slices).
+
+Containment (read when the model is loaded): images are read only inside the folders of ``SCRD_INPUT_ROOTS``
+(``os.pathsep``-separated; default: the working directory of the process that loads the model), after resolving
+symbolic links; a path outside them gets the same row error as a missing file. Maps are written only into a
+``map_dir`` inside ``SCRD_OUTPUT_ROOTS`` (default: none, so a given ``map_dir`` is refused), or, without ``map_dir``,
+into a new private temporary folder.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCRDPyfuncModel", "INPUT_COLUMN", "OUTPUT_COLUMNS", "model_signature", "input_example", "DEFAULT_PARAMS"]
+__all__ = ["SCRDPyfuncModel", "INPUT_COLUMN", "OUTPUT_COLUMNS", "model_signature", "input_example", "model_code_path",
+           "DEFAULT_PARAMS"]
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ["image", "score", "is_anomaly", "error", "map_path"]
@@ -62,6 +69,11 @@ def model_signature():
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
+def model_code_path() -> str:
+    """The file MLflow runs to build the model when loading it ("models from code"): no pickle is involved."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_code.py")
+
+
 def input_example(paths=None) -> pd.DataFrame:
     """A one-row example request (file paths are those of the serving machine)."""
     return pd.DataFrame({INPUT_COLUMN: list(paths or ["/data/images/case_0001.png"])})
@@ -91,18 +103,23 @@ def _map_name(index: int, path: str, fmt: str) -> str:
 
 
 class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
-    """Loads the artifacts ``checkpoint`` (``model.pt``) and ``spec`` (``scrd_model.json``) and scores image files.
+    """Loads the artifacts ``weights`` (``model.safetensors``) and ``spec`` (``scrd_model.json``) and scores image files
+    with :class:`monai_scrd.scoring.Scorer`. Logged as a "model from code" (:func:`model_code_path`).
 
     The device is CUDA when available, else CPU; set ``SCRD_DEVICE`` (e.g. ``cpu``) to choose.
     """
 
     def load_context(self, context):
         from monai_scrd.registry.spec import ModelSpec, build_scorer
+        from monai_scrd.scoring import roots_from_env
 
+        self.input_roots = roots_from_env("SCRD_INPUT_ROOTS", [os.getcwd()])
+        self.output_roots = roots_from_env("SCRD_OUTPUT_ROOTS", [])
         self.spec = ModelSpec.load(context.artifacts["spec"])
         device = os.environ.get("SCRD_DEVICE") or None
         batch_size = int(os.environ.get("SCRD_BATCH_SIZE", "16"))
-        self.scorer = build_scorer(self.spec, context.artifacts["checkpoint"], device=device, batch_size=batch_size)
+        weights = context.artifacts.get("weights") or context.artifacts["checkpoint"]  # "checkpoint": models before 0.2
+        self.scorer = build_scorer(self.spec, weights, device=device, batch_size=batch_size)
 
     def predict(self, context, model_input, params=None):
         params = {**DEFAULT_PARAMS, **{k: v for k, v in dict(params or {}).items() if v is not None}}
@@ -123,12 +140,25 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
         map_size = str(params.get("map_size") or "original")
         if map_size not in ("original", "model"):
             raise ValueError(f"map_size {map_size!r} is not 'original' or 'model'")
-        results = list(self.scorer.score(paths, return_maps=any(want_maps), map_size=map_size))
+        from monai_scrd.scoring import ScoreResult, resolve_inside, save_map
+
+        map_dir = str(params.get("map_dir") or "")
+        if any(want_maps) and map_dir:
+            real_dir = os.path.realpath(map_dir)
+            if not any(real_dir == r or real_dir.startswith(r.rstrip(os.sep) + os.sep) for r in self.output_roots):
+                from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+                raise MlflowException(f"map_dir {map_dir!r} is not inside the folders allowed for outputs (SCRD_OUTPUT_ROOTS)",
+                                      error_code=INVALID_PARAMETER_VALUE)
+        real = [resolve_inside(p, self.input_roots) for p in paths]
+        scored = iter(self.scorer.score([r for r in real if r is not None], return_maps=any(want_maps), map_size=map_size))
+        results = [next(scored) if r is not None else
+                   ScoreResult(p, error=f"{p}: no such image file in the folders this model may read") for p, r in zip(paths, real)]
+        for p, r in zip(paths, results):
+            r.path = p  # rows name the file as it was asked for
         map_paths: list[str] = [""] * len(paths)
         if any(want_maps):
-            from monai_scrd.scoring import save_map
-
-            map_dir = str(params.get("map_dir") or "") or tempfile.mkdtemp(prefix="scrd_maps_")
+            map_dir = map_dir or tempfile.mkdtemp(prefix="scrd_maps_")
             os.makedirs(map_dir, exist_ok=True)
             for i, r in enumerate(results):
                 if want_maps[i] and r.anomaly_map is not None:

@@ -2,12 +2,13 @@
 from a model folder or a bundle. Scoring is :class:`monai_scrd.scoring.Scorer`, the same as the bundle's evaluation
 and inference; this module does not import MLflow.
 
-A *model folder* holds two files:
+A *model folder* holds two files, neither of which can carry code:
 
-* ``model.pt``: ``{"model": state_dict}`` of the whole SCRD module (the teacher's weights included, so no ImageNet
-  weights are needed to rebuild it);
+* ``model.safetensors``: the state dict of the whole SCRD module (the teacher's weights included, so no ImageNet
+  weights are needed to rebuild it), as safetensors (plain tensors, no pickle);
 * ``scrd_model.json``: the :class:`ModelSpec` (network arguments, preprocessing arguments, score reduction, the fitted
-  decision threshold and the bundle's metadata).
+  decision threshold and the bundle's metadata). The network is always ``monai_scrd.networks.SCRD`` built from the
+  installed package with these arguments checked as plain values (no ``_target_``, no expressions).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, Scorer, json_safe, rea
 
 __all__ = [
     "SPEC_FILE",
+    "WEIGHTS_FILE",
     "CHECKPOINT_FILE",
     "ModelSpec",
     "spec_from_bundle",
@@ -35,9 +37,17 @@ __all__ = [
 ]
 
 SPEC_FILE = "scrd_model.json"
-CHECKPOINT_FILE = "model.pt"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "model.pt"  # the bundle's trained weights (models/model.pt, weights-only torch file)
+
 FORMAT_VERSION = 1
 NETWORK_TARGET = "monai_scrd.networks.SCRD"
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    return isinstance(value, list) and all(_plain(v) for v in value)
 
 
 @dataclass
@@ -108,17 +118,39 @@ class ModelSpec:
         unknown = set(self.preprocessing) - set(PREPROCESSING_KEYS)
         if unknown:
             raise ValueError(f"unknown preprocessing arguments {sorted(unknown)} (known: {PREPROCESSING_KEYS})")
+        self.network_args()
         if self.threshold is not None:
             self.threshold = read_threshold(self.threshold)
 
-    def build_network(self) -> torch.nn.Module:
-        """The SCRD module (random weights; load the checkpoint into it)."""
-        from monai.bundle import ConfigParser
+    def network_args(self) -> dict:
+        """The SCRD constructor arguments: names of ``SCRD.__init__``'s parameters with plain JSON values (strings,
+        numbers, booleans, null, lists of those); anything else is refused, so a spec cannot name code to run."""
+        import inspect
 
-        cfg = {k: v for k, v in self.network.items() if k != "pretrained"}
-        cfg.setdefault("_target_", NETWORK_TARGET)
-        cfg["pretrained"] = False  # the checkpoint carries the teacher: never download or read ImageNet weights
-        return ConfigParser({"network": cfg}).get_parsed_content("network")
+        from monai_scrd.networks import SCRD
+
+        known = set(inspect.signature(SCRD.__init__).parameters) - {"self", "pretrained"}
+        args = {}
+        for key, value in self.network.items():
+            if key == "_target_":
+                if value != NETWORK_TARGET:
+                    raise ValueError(f"model spec network {value!r} is not {NETWORK_TARGET}")
+                continue
+            if key == "pretrained":
+                continue
+            if key not in known:
+                raise ValueError(f"unknown network argument {key!r} in the model spec (SCRD takes {sorted(known)})")
+            if not _plain(value) or (isinstance(value, str) and value.startswith(("$", "@", "%"))):
+                raise ValueError(f"network argument {key}={value!r} in the model spec is not a plain value")
+            args[key] = value
+        return args
+
+    def build_network(self) -> torch.nn.Module:
+        """The SCRD module of the installed package (random weights; load the weights into it). The checkpoint carries
+        the teacher, so no ImageNet weights are read."""
+        from monai_scrd.networks import SCRD
+
+        return SCRD(pretrained=False, **self.network_args())
 
 
 # ------------------------------------------------------------------------------------------------ bundle -> spec
@@ -233,19 +265,39 @@ def bundle_checkpoint(bundle_dir: str | os.PathLike, config_file: str | Sequence
     raise FileNotFoundError(f"{bundle_dir}: no trained weights at {default}; train the bundle first or pass the checkpoint")
 
 
+def load_weights(path: str | os.PathLike) -> dict:
+    """A state dict from ``model.safetensors`` (safetensors) or a weights-only torch file (``{"model": ...}`` or
+    bare); nothing is unpickled. Raises ``CheckpointError`` naming the file."""
+    from monai_scrd.checkpoint import CheckpointError, extract_state_dict, load_weights_file
+
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: weights file not found")
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - a tampered or truncated file
+            raise CheckpointError(f"{path}: not a readable safetensors weights file ({type(e).__name__}: {e})") from e
+    return extract_state_dict(load_weights_file(path), path)
+
+
 def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, spec: ModelSpec) -> str:
-    """Write a model folder (``model.pt`` with only the weights, plus ``scrd_model.json``) after checking that the
-    checkpoint loads into the network the spec describes. Returns the folder."""
-    from monai_scrd.checkpoint import extract_state_dict, load_state_dict_checked, load_weights_file
+    """Write a model folder (``model.safetensors`` with only the weights, plus ``scrd_model.json``) after checking
+    that the checkpoint loads into the network the spec describes. Returns the folder."""
+    from safetensors.torch import save_file
+
+    from monai_scrd.checkpoint import load_state_dict_checked
 
     out_dir = os.fspath(out_dir)
     checkpoint = os.fspath(checkpoint)
     spec.validate()
-    state = extract_state_dict(load_weights_file(checkpoint), checkpoint)
+    state = load_weights(checkpoint)
     net = spec.build_network()
     load_state_dict_checked(net, state, checkpoint)  # fail now, not at serving time
     os.makedirs(out_dir, exist_ok=True)
-    torch.save({"model": {k: v.detach().cpu() for k, v in state.items()}}, os.path.join(out_dir, CHECKPOINT_FILE))
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(out_dir, WEIGHTS_FILE))
     spec.save(os.path.join(out_dir, SPEC_FILE))
     return out_dir
 
@@ -257,17 +309,18 @@ def build_scorer(spec: ModelSpec, checkpoint: str | os.PathLike, device: str | t
 
     Args:
         spec: network, preprocessing, reductions and threshold.
-        checkpoint: ``{"model": state_dict}`` file (or a bare state dict), loaded without unpickling code.
+        checkpoint: ``model.safetensors``, or a weights-only torch file (``{"model": state_dict}`` or bare); nothing
+            is unpickled.
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         batch_size: images per forward pass.
     """
-    from monai_scrd.checkpoint import extract_state_dict, load_state_dict_checked, load_weights_file
+    from monai_scrd.checkpoint import load_state_dict_checked
 
     spec.validate()
     checkpoint = os.fspath(checkpoint)
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = spec.build_network()
-    load_state_dict_checked(net, extract_state_dict(load_weights_file(checkpoint), checkpoint), checkpoint)
+    load_state_dict_checked(net, load_weights(checkpoint), checkpoint)
     return Scorer(
         net.to(device).eval(),
         **spec.preprocessing,
@@ -283,7 +336,8 @@ def scorer_from_dir(model_dir: str | os.PathLike, **kwargs) -> tuple[ModelSpec, 
     """``(spec, scorer)`` of a model folder written by :func:`write_model_dir` (e.g. the pyfunc's artifacts)."""
     model_dir = os.fspath(model_dir)
     spec = ModelSpec.load(os.path.join(model_dir, SPEC_FILE))
-    return spec, build_scorer(spec, os.path.join(model_dir, CHECKPOINT_FILE), **kwargs)
+    weights = os.path.join(model_dir, WEIGHTS_FILE)
+    return spec, build_scorer(spec, weights if os.path.isfile(weights) else os.path.join(model_dir, CHECKPOINT_FILE), **kwargs)
 
 
 def scorer_from_bundle(

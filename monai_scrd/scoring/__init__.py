@@ -22,6 +22,8 @@ _SCORER = [
     "write_csv",
     "write_json",
     "json_safe",
+    "resolve_inside",
+    "roots_from_env",
 ]
 _names, __getattr__, __dir__ = lazy_exports(__name__, {"scorer": _SCORER})
 __all__ = [

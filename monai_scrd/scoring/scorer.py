@@ -64,6 +64,8 @@ __all__ = [
     "write_csv",
     "write_json",
     "json_safe",
+    "resolve_inside",
+    "roots_from_env",
 ]
 
 logger = logging.getLogger("monai_scrd.scoring")
@@ -122,6 +124,32 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fields: Sequence
         for row in rows:
             w.writerow({k: _cell(row.get(k)) for k in fields})
     return path
+
+
+def resolve_inside(path: Any, roots: Sequence[str | os.PathLike]) -> str | None:
+    """The real path of ``path`` (symbolic links resolved) when it exists inside one of ``roots`` (resolved too),
+    else None. Servers answer None the same way whether the file is missing or not allowed, so that a client learns
+    nothing about files outside the roots."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = os.fspath(path)
+    if not path or "\x00" in path:
+        return None
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(os.fspath(root))
+        inside = real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+        if inside and os.path.exists(real):
+            return real
+    return None
+
+
+def roots_from_env(name: str, default: Sequence[str] = ()) -> list[str]:
+    """Folders listed in the environment variable ``name`` (separated by ``os.pathsep``), else ``default``."""
+    value = os.environ.get(name)
+    if value is None:
+        return [os.fspath(d) for d in default]
+    return [os.path.realpath(v) for v in value.split(os.pathsep) if v.strip()]
 
 
 # ----------------------------------------------------------------------------------------------- threshold
