@@ -33,6 +33,8 @@ _EXPORTS = {
         "intensity_bounds",
         "preprocessing_transforms",
         "array_transforms",
+        "ShrinkLargeImage",
+        "ShrinkLargeImaged",
         "DataCompose",
     ],
     "volume": ["slice_volume", "assemble_volume"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DataError", "one_line"]
+__all__ = ["DataError", "ConfigError", "one_line"]
 
 
 class DataError(ValueError):
@@ -13,6 +13,11 @@ class DataError(ValueError):
     The message is one line that starts with the file (or ``file: key``) at fault and says what is wrong, e.g.
     ``"/x/a.dcm: not a DICOM file (missing preamble)"`` or ``"datalist.json: test[3].label is 2; expected 0 or 1"``.
     """
+
+
+class ConfigError(ValueError):
+    """A setting that contradicts the trained model or another setting, e.g. scoring at an ``image_size`` other than
+    the one the model's threshold was fitted at. The message is one line naming the file and the setting."""
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:

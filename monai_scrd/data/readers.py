@@ -101,6 +101,24 @@ SPACING_RTOL = 0.01
 SPACING_ATOL = 0.01
 
 
+MAX_PIXELS = 2**27  # pixels (voxels) of one file or series, checked from the header before decoding
+
+
+def max_pixels() -> int:
+    """The pixel budget: ``$SCRD_MAX_PIXELS`` when set (0: none), else :data:`MAX_PIXELS` (134 million)."""
+    value = os.environ.get("SCRD_MAX_PIXELS", "").strip()
+    return int(value) if value else MAX_PIXELS
+
+
+def _check_pixels(path: str, shape: Sequence[int], what: str) -> None:
+    """Refuse, before decoding, a file whose header announces more pixels than the budget."""
+    n = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    budget = max_pixels()
+    if budget and n > budget:
+        raise DataError(f"{path}: {what} of {' x '.join(str(int(s)) for s in shape)} = {n:,} pixels is over the pixel "
+                        f"budget of {budget:,} (set SCRD_MAX_PIXELS to allow more)")
+
+
 def _dcmread(path: str, **kwargs):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -291,6 +309,8 @@ def _multiframe_affine(ds, path: str, frames: int, spacing: Sequence[float]) -> 
 
 def _read_dicom(path: str, allow_volume: bool, apply_voi: bool) -> MedicalImage:
     ds = _dcmread(path)
+    if "Rows" in ds and "Columns" in ds:
+        _check_pixels(path, (int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)), "DICOM image")
     arr = _pixel_array(ds, path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -404,6 +424,7 @@ def read_dicom_series(folder: str | os.PathLike, apply_voi: bool = True) -> Medi
     sizes = sorted({(int(ds.Rows), int(ds.Columns)) for ds in headers})
     if len(sizes) > 1:
         raise DataError(f"{folder}: slices of different sizes ({', '.join(f'{r}x{c}' for r, c in sizes)})")
+    _check_pixels(folder, (len(headers), *sizes[0]), "DICOM series")
 
     def per_slice(tag: str, count: int) -> np.ndarray:
         default = np.ones(count)  # only PixelSpacing may be absent (then 1 mm)
@@ -520,6 +541,7 @@ def _read_nifti(path: str, allow_volume: bool) -> MedicalImage:
         ndim = 2
     if ndim not in (2, 3):
         raise DataError(f"{path}: NIfTI array of shape {shape} is {len(shape)}D; expected a 2D image or a 3D volume")
+    _check_pixels(path, shape[:ndim], "NIfTI image")
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as e:  # truncated data block
@@ -544,6 +566,7 @@ def _read_pil(path: str) -> MedicalImage:
             n_frames = int(getattr(im, "n_frames", 1) or 1)
             if n_frames > 1:
                 raise DataError(f"{path}: image file holds {n_frames} pages/frames; expected a single 2D image")
+            _check_pixels(path, (im.height, im.width), "image")
             im.load()
             mode = im.mode
             if mode in ("P", "PA"):

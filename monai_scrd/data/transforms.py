@@ -31,6 +31,8 @@ __all__ = [
     "intensity_bounds",
     "preprocessing_transforms",
     "array_transforms",
+    "ShrinkLargeImage",
+    "ShrinkLargeImaged",
     "DataCompose",
 ]
 
@@ -227,6 +229,49 @@ def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
 
 
+class ShrinkLargeImage(Transform):
+    """Averages blocks of ``factor x factor`` pixels of an image more than ``max_ratio`` times larger than
+    ``spatial_size`` (integer factor per axis, leaving at least ``max_ratio`` times the target size); smaller images
+    pass unchanged. MONAI's anti-aliased ``Resize`` smooths with a Gaussian whose width grows with the downscale
+    factor, so on its own its cost grows faster than the pixel count (an 8000 x 8000 image took minutes); block
+    averaging first keeps the whole resize linear in pixels.
+
+    Args:
+        spatial_size: the size the image is resized to next.
+        max_ratio: largest downscale factor left to the anti-aliased resize.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, spatial_size: int | Sequence[int], max_ratio: int = 4) -> None:
+        self.spatial_size = _size(spatial_size)
+        self.max_ratio = int(max_ratio)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        factors = [max(1, int(s) // (int(t) * self.max_ratio)) for s, t in zip(img.shape[-2:], self.spatial_size)]
+        if factors == [1, 1]:
+            return img
+        x = (img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)).float()  # no MetaTensor tracking
+        return torch.nn.functional.avg_pool2d(x[None], kernel_size=factors, stride=factors)[0]
+
+
+class ShrinkLargeImaged(MapTransform):
+    """Dictionary wrapper of :class:`ShrinkLargeImage`."""
+
+    backend = ShrinkLargeImage.backend
+
+    def __init__(self, keys: KeysCollection, spatial_size: int | Sequence[int], max_ratio: int = 4,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.shrinker = ShrinkLargeImage(spatial_size, max_ratio)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.shrinker(d[key])
+        return d
+
+
 def array_transforms(
     keys: KeysCollection = "image",
     image_size: int | Sequence[int] = 256,
@@ -241,6 +286,7 @@ def array_transforms(
     return Compose(
         [
             ToColorModed(keys, color_mode=color_mode, channels=channels, refuse_mismatch=refuse_mismatch),
+            ShrinkLargeImaged(keys, image_size),
             Resized(keys, spatial_size=_size(image_size), mode="bilinear", anti_aliasing=True),
             ScaleIntensityToUnitd(keys, intensity=intensity, percentiles=percentiles),
             EnsureTyped(keys, dtype=torch.float32),

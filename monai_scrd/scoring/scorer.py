@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from monai_scrd.data.color import check_color_mode
-from monai_scrd.data.errors import DataError
+from monai_scrd.data.errors import ConfigError, DataError
 from monai_scrd.data.readers import MedicalImage, read_medical_image
 from monai_scrd.data.robust import error_message
 from monai_scrd.data.transforms import array_transforms
@@ -529,10 +529,25 @@ class Scorer:
         if color_mode is None and self.threshold_info is not None:
             color_mode = self.threshold_info.get("color_mode")
         self.preprocessor = Preprocessor(image_size, intensity, percentiles, apply_voi, channels, color_mode, refuse_color_mismatch)
+        self._check_trained_settings(threshold)
         self.batch_size = max(1, int(batch_size))
         self._device = None if device is None else torch.device(device)
         self.amp = bool(amp)
         self.channels_last = bool(channels_last)
+
+    def _check_trained_settings(self, source: Any) -> None:
+        """Refuse preprocessing settings other than those the threshold was fitted with (recorded by training in
+        ``threshold.json``): scores at another image size or intensity scaling are not comparable to it."""
+        record = self.threshold_info or {}
+        trained = dict(record.get("preprocessing") or {})
+        if "image_size" not in trained and "image_size" in record:  # threshold files of older bundles
+            trained["image_size"] = record["image_size"]
+        mine = self.preprocessor.settings
+        for key in ("image_size", "intensity", "percentiles", "channels", "apply_voi"):
+            if key in trained and json_safe(trained[key]) != json_safe(mine[key]):
+                where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the threshold record"
+                raise ConfigError(f"{where}: the model was trained with {key}={trained[key]!r}, not {mine[key]!r}; "
+                                  f"score with {key}={trained[key]!r}")
 
     @property
     def preprocessing(self) -> dict:
