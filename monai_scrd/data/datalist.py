@@ -125,7 +125,28 @@ def validate_datalist(
                 raise DataError(f"{where}.image is {item['image']!r}; expected a non-empty path string")
             resolved_items.append(new)
         out[key] = resolved_items
+    _refuse_repeats(out, source)
     return out
+
+
+def _refuse_repeats(lists: dict[str, list[dict]], source: str) -> None:
+    """One image (same resolved path) twice in a list, or in two lists (a validation or test image that is also a
+    training image, a test image also in validation), is refused: repeats silently weight an image twice and overlaps
+    leak training images into what is meant to be held out."""
+    seen: dict[str, tuple[str, int, Any]] = {}
+    for key in DATALIST_KEYS:
+        for i, item in enumerate(lists.get(key, [])):
+            path = item["image"]
+            if path not in seen:
+                seen[path] = (key, i, item.get("label"))
+                continue
+            first, j, label = seen[path]
+            where = f"{source}: {key}[{i}].image ({path})"
+            if first != key:
+                raise DataError(f"{where} is also {first}[{j}]; {key} images must not be {first} images")
+            if key == "test" and label != item.get("label"):
+                raise DataError(f"{where} is also {first}[{j}] with label {label}; an image cannot be both normal and anomalous")
+            raise DataError(f"{where} is listed twice (also {first}[{j}]); remove the repeat")
 
 
 def read_json_file(path: str | os.PathLike, what: str = "datalist"):

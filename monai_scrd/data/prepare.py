@@ -154,13 +154,17 @@ def build_from_csv(csv_path: str | os.PathLike, images_root: str | os.PathLike |
     root = os.fspath(images_root) if images_root is not None else os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        fields = {(c or "").strip().lower(): c for c in (reader.fieldnames or [])}
+        try:
+            fields = {(c or "").strip().lower(): c for c in (reader.fieldnames or [])}
+            rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{csv_path}: not a UTF-8 text CSV file ({type(e).__name__}: {e})") from e
         if "path" not in fields or "label" not in fields:
             raise DataError(f"{csv_path}: needs columns 'path' and 'label' (found: {', '.join(fields) or 'none'})")
         has_split = "split" in fields
         out: dict[str, list[Item]] = {"training": [], "validation": [], "test": []}
         missing = []
-        for row_no, row in enumerate(reader, start=2):
+        for row_no, row in enumerate(rows, start=2):
             where = f"{csv_path}: row {row_no}"
             path = (row.get(fields["path"]) or "").strip()
             label_text = (row.get(fields["label"]) or "").strip()
@@ -301,6 +305,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
+    for stream in (sys.stdout, sys.stderr):  # file names of any bytes print (escaped) instead of crashing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = _parser()
     args = parser.parse_args(argv)
     sources = [bool(args.train_normal or args.test_normal or args.test_abnormal), bool(args.split_json), bool(args.csv)]
@@ -362,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write(_dumps(datalist))
         if dups:
             dup_csv = args.duplicates_csv or os.path.splitext(output)[0] + "_duplicates.csv"
-            with open(dup_csv, "w", newline="", encoding="utf-8") as f:
+            with open(dup_csv, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # any file name
                 w = csv.writer(f)
                 w.writerow(["test_image", "label", "sha1", "training_images", "dropped"])
                 for d in dups:

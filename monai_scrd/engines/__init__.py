@@ -35,7 +35,9 @@ _EXPORTS = {
         "resolve_pretrained",
         "resolve_resume",
         "training_items",
+        "validation_items",
         "unwrap",
+        "one_line_errors",
     ],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

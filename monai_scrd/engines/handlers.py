@@ -252,9 +252,16 @@ class TrainingFinalizer:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def validation_scores(self) -> np.ndarray:
-        """Scores of the validation images that could be scored."""
-        scores = [r.score for batch in self.val_loader for r in self.scorer.score_prepared(batch) if r.ok]
-        return np.asarray(scores, dtype=float)
+        """Scores of the validation images; refuses to go on when any could not be scored (the threshold is never
+        fitted on part of the list)."""
+        from monai_scrd.data.errors import DataError
+
+        results = [r for batch in self.val_loader for r in self.scorer.score_prepared(batch)]
+        bad = [r.error for r in results if not r.ok]
+        if bad:
+            raise DataError(f"{len(bad)} of {len(results)} validation images could not be scored, so no threshold is "
+                            f"fitted; fix or remove them: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        return np.asarray([r.score for r in results], dtype=float)
 
     @torch.no_grad()
     def fit_scale_calibration(self) -> dict:
@@ -440,15 +447,22 @@ class TrainerCheckpointLoader(_CheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        data = torch.load(self.load_path, map_location="cpu", weights_only=True)
+        from monai_scrd.checkpoint import CheckpointError, load_weights_file
+
+        data = load_weights_file(self.load_path)  # one line naming the file when it is missing or unreadable
         missing = [k for k in self.load_dict if k not in data and k != "scaler"]
         if missing:
-            raise ValueError(f"{self.load_path}: not a resumable training checkpoint (missing {missing}); "
-                             "use a file from ckpt_dir, not models/model.pt")
+            raise CheckpointError(f"{self.load_path}: not a resumable training checkpoint (missing {missing}); "
+                                  "use a file from ckpt_dir, not models/model.pt")
         if "scaler" in self.load_dict and "scaler" not in data:
             self.load_dict.pop("scaler")
         limit = engine.state.max_iters  # the configured limit wins over the checkpoint's, as MONAI does for max_epochs
-        super().__call__(engine)
+        try:
+            super().__call__(engine)
+        except RuntimeError as e:  # e.g. weights of another backbone: size mismatches
+            from monai_scrd.data.errors import one_line
+
+            raise CheckpointError(f"{self.load_path}: does not fit this model/optimizer ({one_line(e)})") from e
         if limit is not None:
             engine.state.max_epochs, engine.state.max_iters = None, limit
             if engine.state.iteration >= limit:

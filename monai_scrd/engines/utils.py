@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,8 @@ __all__ = [
     "is_rank0",
     "unwrap",
     "training_items",
+    "validation_items",
+    "one_line_errors",
     "list_inputs",
     "latest_checkpoint",
     "resolve_resume",
@@ -33,8 +36,48 @@ def find_bundle_root() -> str:
         return cwd
     if os.path.isdir(os.path.join(cwd, "bundles", "scrd", "configs")):
         return os.path.join(cwd, "bundles", "scrd")
-    raise ValueError(f"cannot tell where the SCRD bundle is from {cwd}: run from the bundle folder or pass "
-                     "--bundle_root /path/to/bundle")
+    from monai_scrd.data.errors import ConfigError
+
+    raise ConfigError(f"cannot tell where the SCRD bundle is from {cwd}: run from the bundle folder or pass "
+                      "--bundle_root /path/to/bundle")
+
+
+def _user_error(exc: BaseException | None) -> BaseException | None:
+    """The first error in ``exc``'s cause chain that carries a message for the user (bad data, checkpoint, setting)."""
+    from monai_scrd.checkpoint import CheckpointError
+    from monai_scrd.data.errors import ConfigError, DataError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (DataError, CheckpointError, ConfigError)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def one_line_errors(debug_env: str = "SCRD_DEBUG") -> None:
+    """Make a bundle command that fails on bad data, a bad checkpoint or a contradictory setting print one line
+    (``error: <file>: <what is wrong>``) and exit with status 1, instead of MONAI's 80-line traceback ending in
+    ``Failed to evaluate ConfigExpression``; other errors keep their traceback. ``$SCRD_DEBUG=1`` keeps every
+    traceback. Installed by the bundle configs' ``initialize`` step (``sys.excepthook``, so it acts only on an error
+    that ends the command)."""
+    if os.environ.get(debug_env, "").strip() not in ("", "0"):
+        return
+    previous = sys.excepthook
+    if getattr(previous, "scrd_one_line", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        found = _user_error(exc)
+        if found is None:
+            return previous(exc_type, exc, tb)
+        from monai_scrd.data.errors import one_line
+
+        print(f"error: {one_line(found, limit=2000)} (set {debug_env}=1 for the traceback)", file=sys.stderr, flush=True)
+
+    hook.scrd_one_line = True
+    sys.excepthook = hook
 
 
 def as_bool(value) -> bool:
@@ -76,6 +119,25 @@ def training_items(
         from monai_scrd.data.robust import check_training_files
 
         check_training_files(items)
+    return items
+
+
+def validation_items(
+    datalist: str | os.PathLike, base_dir: str | None = None, allow_absolute: bool = False, check_files: bool = True
+) -> list[dict]:
+    """The datalist's ``validation`` items (``[]`` without a validation list), after checking that every one can be
+    read: the threshold and model selection are never fitted on the readable part of the list only.
+
+    Raises:
+        DataError: invalid datalist, or unreadable validation images (one line each, all at once).
+    """
+    from monai_scrd.data.datalist import load_datalist
+
+    items = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute)).get("validation", [])
+    if check_files and items:
+        from monai_scrd.data.robust import check_training_files
+
+        check_training_files(items, what="validation")
     return items
 
 
@@ -134,10 +196,17 @@ def _checkpoint_iteration(path: str) -> int:
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
-    """The checkpoint in ``ckpt_dir`` with the highest saved trainer iteration (None if there is none)."""
+    """The checkpoint in ``ckpt_dir`` with the highest saved trainer iteration (None if there is none); unreadable
+    (e.g. truncated) files are skipped with a warning naming them."""
+    import logging
+
     files = glob.glob(os.path.join(os.fspath(ckpt_dir), "*.pt"))
-    best = max(files, key=lambda p: (_checkpoint_iteration(p), os.path.getmtime(p)), default=None)
-    if best is None or _checkpoint_iteration(best) < 0:
+    iterations = {p: _checkpoint_iteration(p) for p in files}
+    for p, it in iterations.items():
+        if it == -2:
+            logging.getLogger("monai_scrd.engines").warning(f"{p}: unreadable checkpoint (truncated?), skipped")
+    best = max(files, key=lambda p: (iterations[p], os.path.getmtime(p)), default=None)
+    if best is None or iterations[best] < 0:
         return None
     return best
 

@@ -130,6 +130,8 @@ def _command(args) -> int:
             model = mlflow.pyfunc.load_model(args.model_uri)
             params = {"return_map": bool(args.map_dir), "map_dir": args.map_dir or "", "map_format": args.map_format}
             out = model.predict(pd.DataFrame({"image": args.images}), params=params)
+            if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8: their own bytes, as in scores.csv
+                sys.stdout.reconfigure(errors="surrogateescape")
             out.to_csv(sys.stdout, index=False)
             return 1 if (out["error"] != "").any() else 0
     except (RegistryError, FileNotFoundError, ValueError) as e:

@@ -73,6 +73,10 @@ logger = logging.getLogger("monai_scrd.scoring")
 MAP_FORMATS = ("nii.gz", "nii", "npy", "png")
 PREPROCESSING_KEYS = ("image_size", "intensity", "percentiles", "apply_voi", "channels", "color_mode")
 REDUCTIONS = ("mean", "max")
+# File names are bytes: one that is not valid UTF-8 (decoded by Python with surrogate escapes) is written to CSV as its
+# own bytes, so nothing is lost and reading the CSV back with errors="surrogateescape" gives the same path; in JSON
+# it becomes \udcXX escapes (json's default ensure_ascii), which json.load turns back into the same path.
+CSV_ERRORS = "surrogateescape"
 
 
 # ----------------------------------------------------------------------------------------------- plain outputs
@@ -118,7 +122,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fields: Sequence
     """Write ``rows`` (dicts) with a header of ``fields``; missing/None/NaN cells are empty. Returns the path."""
     path = os.fspath(path)
     _parent(path)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors=CSV_ERRORS) as f:
         w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         w.writeheader()
         for row in rows:
@@ -729,7 +733,7 @@ class ScoreWriter:
         self.rows: list[dict] = []
         self._names: set[str] = set()
         os.makedirs(self.output_dir, exist_ok=True)
-        self._file = open(self.scores_csv, "w", newline="", encoding="utf-8")
+        self._file = open(self.scores_csv, "w", newline="", encoding="utf-8", errors=CSV_ERRORS)
         self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         self._csv.writeheader()
         self._file.flush()
