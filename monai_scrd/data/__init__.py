@@ -10,7 +10,7 @@ from __future__ import annotations
 from monai_scrd._lazy import lazy_exports
 
 _EXPORTS = {
-    "errors": ["DataError"],
+    "errors": ["DataError", "ConfigError"],
     "formats": ["IMAGE_EXTENSIONS", "detect_format", "is_image_file"],
     "readers": [
         "MedicalImage",

@@ -14,8 +14,6 @@ import sys
 
 from monai_scrd.label import default_label_venv, write_app
 
-CORS_NONE = "https://cors-disabled.invalid"
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m monai_scrd.label", description=__doc__.splitlines()[0])
@@ -63,15 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         argv = sys.argv[1:] if argv is None else argv
         os.execv(label_python, [label_python, "-m", "monai_scrd.label", *argv])
-    # `python -m monailabel.main` is what the `monailabel` script runs, with this interpreter for certain
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", app_dir, "--studies",
+    # `monailabel start_server` with this interpreter for certain, and CORS off unless --cors-origin (label/server.py)
+    cmd = [sys.executable, "-m", "monai_scrd.label.server", "start_server", "--app", app_dir, "--studies",
            os.path.abspath(args.studies), "--host", args.host, "--port", str(args.port)]
     for k, v in conf:
         cmd += ["--conf", k, v]
-    # MONAI Label allows every origin when its CORS list is empty: give it one that cannot match a real page instead
-    # (the reserved .invalid domain), unless origins were asked for here or in MONAI Label's own setting
-    if args.cors_origin or not os.environ.get("MONAI_LABEL_CORS_ORIGINS"):
-        os.environ["MONAI_LABEL_CORS_ORIGINS"] = json.dumps(args.cors_origin or [CORS_NONE])
+    os.environ["SCRD_LABEL_CORS_ORIGINS"] = json.dumps(args.cors_origin)
     print(" ".join(cmd), flush=True)
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover
