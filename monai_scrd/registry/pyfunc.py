@@ -118,7 +118,8 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
         self.spec = ModelSpec.load(context.artifacts["spec"])
         device = os.environ.get("SCRD_DEVICE") or None
         batch_size = int(os.environ.get("SCRD_BATCH_SIZE", "16"))
-        weights = context.artifacts.get("weights") or context.artifacts["checkpoint"]  # "checkpoint": models registered before safetensors
+        # "checkpoint": a weights-only model.pt of models registered before the safetensors weights
+        weights = context.artifacts.get("weights") or context.artifacts["checkpoint"]
         self.scorer = build_scorer(self.spec, weights, device=device, batch_size=batch_size)
 
     def predict(self, context, model_input, params=None):
