@@ -191,17 +191,18 @@ def test_datalist_absolute_paths_need_allow_absolute(tmp_path):
     from monai_scrd.data import DataError
 
     _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
     dl = tmp_path / "sub" / "dl.json"
     dl.parent.mkdir()
-    dl.write_text(json.dumps({"training": [{"image": str(tmp_path / "a.png")}], "test": [{"image": "../a.png", "label": 1}]}))
+    dl.write_text(json.dumps({"training": [{"image": str(tmp_path / "a.png")}], "test": [{"image": "../b.png", "label": 1}]}))
     # the whole file is validated: the absolute training path is refused even when asking for another list
     with pytest.raises(DataError, match=r"dl\.json: training\[0\]\.image is an absolute path"):
         load_datalist(dl)
     with pytest.raises(DataError, match=r"training\[0\]\.image is an absolute path"):
         list_inputs(str(dl), "training")
     assert load_datalist(dl, allow_absolute=True)["training"] == [{"image": str(tmp_path / "a.png")}]
-    assert load_datalist(dl, allow_absolute=True)["test"][0]["image"] == str(tmp_path / "a.png")  # ".." allowed too
-    assert [i["image"] for i in list_inputs(str(dl), "test", allow_absolute=True)] == [str(tmp_path / "a.png")]
+    assert load_datalist(dl, allow_absolute=True)["test"][0]["image"] == str(tmp_path / "b.png")  # ".." allowed too
+    assert [i["image"] for i in list_inputs(str(dl), "test", allow_absolute=True)] == [str(tmp_path / "b.png")]
     dl.write_text(json.dumps({"test": [{"image": "../a.png", "label": 1}]}))
     with pytest.raises(DataError, match="outside the dataset folder"):
         load_datalist(dl)

@@ -25,14 +25,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_scrd.engines.utils import is_rank0, unwrap
-from monai_scrd.scoring import detection_metrics, image_score, pixel_auroc
+from monai_scrd.scoring import Scorer, detection_metrics, pixel_auroc
 from monai_scrd.transforms.validation_anomaly import SyntheticValidationSet, synthetic_validation_set
 
 __all__ = [
     "VAL_AUROC_KEY",
     "VAL_PIXEL_AUROC_KEY",
     "MODEL_SELECTIONS",
-    "anomaly_maps",
     "evaluate_synthetic_validation",
     "synthetic_validation_metrics",
     "SyntheticValidation",
@@ -43,26 +42,6 @@ logger = logging.getLogger("monai_scrd.engines")
 VAL_AUROC_KEY = "val_auroc_synthetic"
 VAL_PIXEL_AUROC_KEY = "val_pixel_auroc_synthetic"
 MODEL_SELECTIONS = ("last", "best_synthetic")
-
-
-def _device_of(net: torch.nn.Module) -> torch.device:
-    param = next(net.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def anomaly_maps(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 32, device=None) -> torch.Tensor:
-    """Anomaly maps ``[N, 1, H, W]`` (float32, CPU) of ``images`` ``[N, C, H, W]`` from the model's eval-mode forward,
-    in batches of ``batch_size``, under ``torch.no_grad``; the model's train/eval mode is restored afterwards."""
-    net = unwrap(model)
-    device = torch.device(device) if device is not None else _device_of(net)
-    was_training = net.training
-    net.eval()
-    try:
-        maps = [net(images[s : s + batch_size].to(device)).float().cpu() for s in range(0, images.shape[0], batch_size)]
-    finally:
-        net.train(was_training)
-    return torch.cat(maps) if maps else torch.zeros((0, 1, *images.shape[2:]))
 
 
 def evaluate_synthetic_validation(
@@ -78,10 +57,10 @@ def evaluate_synthetic_validation(
     vs = validation_set
     if vs.normals.shape[0] == 0 or vs.anomalies.shape[0] == 0:
         raise ValueError("the synthetic validation set needs normal images and anomalies")
-    normal_maps = anomaly_maps(model, vs.normals, batch_size, device)
-    anomalous_maps = anomaly_maps(model, vs.anomalies, batch_size, device)
-    normal_scores = image_score(normal_maps, reduction).numpy()
-    anomalous_scores = image_score(anomalous_maps, reduction).numpy()
+    scorer = Scorer(model, score_reduction=reduction, batch_size=batch_size, device=device)  # the one scoring path
+    normal_maps, normal_scores = scorer.forward(vs.normals, keep_maps=True)
+    anomalous_maps, anomalous_scores = scorer.forward(vs.anomalies, keep_maps=True)
+    normal_scores, anomalous_scores = normal_scores.numpy(), anomalous_scores.numpy()
     families = np.asarray(vs.families)
     sizes = np.asarray(vs.sizes)
 
