@@ -364,7 +364,8 @@ def _label_entry(bundle: Path, work: Path, files: list[str], device_name: str) -
     env.update(PYTHONPATH=str(C.REPO), MONAI_LABEL_SESSION_PATH=str(work / "sessions"))
     log = open(work / "server.log", "w")
     proc = subprocess.Popen([str(python), "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", str(bundle),
-                             "--app-dir", str(work / "app"), "--port", str(port), "--device", device_name],
+                             "--app-dir", str(work / "app"), "--port", str(port), "--device", device_name,
+                             "--conf", "train", "false"],
                             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
