@@ -251,3 +251,22 @@ def test_register_trained_model_hook(registered, tmp_path, monkeypatch):
     _, scorer = scorer_from_dir(os.path.join(local, "artifacts"), device="cpu")
     score = next(scorer.score([registered["images"]["dicom"]])).score
     assert abs(score - direct_scores(registered["net"], [registered["images"]["dicom"]])[0]) <= TOL
+
+
+@pytest.mark.parametrize("scale_adaptive", [True, False])
+def test_network_spec_keeps_the_scoring_options(scale_adaptive):
+    """A trained module's scale-head, map and decoder options survive spec -> plain JSON -> SCRD."""
+    from monai_scrd.networks import SCRD
+    from monai_scrd.registry import ModelSpec
+    from monai_scrd.registry.api import spec_from_network
+
+    net = SCRD("efficientnet_lite0", pretrained=False, scale_adaptive=scale_adaptive, sigma=2.0, alpha_temperature=2.0,
+               alpha_floor=0.3, scale_weighting="max", decoder="compact")
+    spec = ModelSpec(network=spec_from_network(net))
+    rebuilt = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).build_network()
+    assert (rebuilt.decoder_layout, rebuilt.anomaly_map.scale_weighting, rebuilt.anomaly_map.sigma) == ("compact", "max", 2.0)
+    if scale_adaptive:
+        assert (rebuilt.scale_head.temperature, rebuilt.scale_head.alpha_floor) == (2.0, 0.3)
+    else:
+        assert rebuilt.scale_head is None and "alpha_floor" not in spec.network
+    rebuilt.load_state_dict(net.state_dict())  # strict: the same layers

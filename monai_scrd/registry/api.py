@@ -39,7 +39,8 @@ __all__ = [
 logger = logging.getLogger("monai_scrd.registry")
 
 MODEL_NAME_IN_RUN = "scrd_model"
-NETWORK_ARGS = ("backbone", "contrastive", "scale_adaptive", "sigma")
+NETWORK_ARGS = ("backbone", "contrastive", "scale_adaptive", "sigma", "alpha_temperature", "alpha_floor",
+                "scale_weighting", "decoder")
 # third-party packages the pyfunc imports when it scores (monai_scrd itself travels with the model by default)
 RUNTIME_PACKAGES = ("torch", "torchvision", "monai", "numpy", "pandas", "nibabel", "pydicom", "pillow", "scipy", "timm", "mlflow",
                     "safetensors")
@@ -149,7 +150,12 @@ def spec_from_network(network: Any) -> dict:
             "contrastive": bool(net.contrastive),
             "scale_adaptive": bool(net.scale_adaptive),
             "sigma": float(net.anomaly_map.sigma),
+            # the scale head's and the map's options, so that the registered model scores like the trained one
+            "scale_weighting": net.anomaly_map.scale_weighting,
+            "decoder": net.decoder_layout,
         }
+        if net.scale_head is not None:
+            args.update(alpha_temperature=net.scale_head.temperature, alpha_floor=net.scale_head.alpha_floor)
     args = {"_target_": NETWORK_TARGET, **{k: v for k, v in args.items() if k != "_target_"}}
     return json_safe(args)
 

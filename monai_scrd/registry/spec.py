@@ -56,8 +56,9 @@ class ModelSpec:
 
     Attributes:
         network: constructor arguments of ``monai_scrd.networks.SCRD`` (``backbone``, ``contrastive``,
-            ``scale_adaptive``, ``sigma``); ``pretrained`` is always rebuilt as False since the checkpoint holds the
-            teacher's weights.
+            ``scale_adaptive``, ``sigma``, ``alpha_temperature``, ``alpha_floor``, ``scale_weighting``, ``decoder``)
+            as plain JSON values; ``pretrained`` is always rebuilt as False since the checkpoint holds the teacher's
+            weights.
         preprocessing: the scorer's preprocessing settings (``image_size``, ``intensity``, ``percentiles``, ...).
         score_reduction: image score from the anomaly map, ``"mean"`` (paper) or ``"max"``.
         volume_reduction: 3D volumes are scored slice by slice; their score is the ``"max"`` (bundle default) or
