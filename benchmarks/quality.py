@@ -586,9 +586,13 @@ def main(argv=None) -> list[dict]:
     sc = shortcut_check(args, data)
     sc["n_test"] = len(data["test"])
     C.write_json(out_dir / "shortcut.json", sc)
-    # variant-major, so the most important runs finish first; legacy variants only for the paper's rows
+    # the most important runs first, so that a stopped run keeps them: the paper's rows and the default of the
+    # reference variant, then the legacy variants (paper's rows only), then the other candidate rows
+    main_rows = {*PAPER, DEFAULT_ROW, "rd4ad_cal"}
     jobs = [(args, variant, name, seed) for variant in args.variants for seed in args.seeds for name in args.rows
-            if variant == "reference" or name in PAPER]
+            if name in main_rows and (variant == "reference" or name in PAPER)]
+    if "reference" in args.variants:
+        jobs += [(args, "reference", name, seed) for seed in args.seeds for name in args.rows if name not in main_rows]
     if args.workers > 1:
         import multiprocessing as mp
 

@@ -391,7 +391,8 @@ def test_torchrun_two_process_gloo(tmp_path):
            launcher=launcher, timeout=300)
     rank0, rank1 = _rank_logs(logs, 0), _rank_logs(logs, 1)
     assert "rank 0 of 2" in rank0 and "rank 1 of 2" in rank1
-    for line in ("Saved checkpoint", "Train completed", "saved final model weights", "iteration 3/3", "alpha_1"):
+    # (the trainer's own Ignite logger is quiet; the package logger prints these)
+    for line in ("saved final model weights", "iteration 3/3", "alpha_1", "ratio_1"):
         assert line in rank0, (line, rank0[-3000:])
         assert line not in rank1, (line, rank1[-3000:])
     data = torch.load(os.path.join(out, "models", "model.pt"), map_location="cpu", weights_only=True)

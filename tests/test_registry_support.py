@@ -125,7 +125,9 @@ def train_tiny_bundle(bundle_dir: str, iterations: int = 3, seed: int = 0) -> tu
 
     _write_configs(bundle_dir)
     torch.manual_seed(seed)
-    net = SCRD("efficientnet_lite0", pretrained=False, contrastive=True, scale_adaptive=True)
+    # the bundle configs' scale-head and scoring settings, so that a net built from them scores the same
+    net = SCRD("efficientnet_lite0", pretrained=False, contrastive=True, scale_adaptive=True, alpha_floor=0.5,
+               scale_weighting="max")
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     loss_fn = ReverseDistillationLoss()
     net.train()
