@@ -335,11 +335,15 @@ def test_torchscript_and_onnx_export(trained, tmp_path):
     ckpt_export(filepath=ts, **common)
     onnx_export(filepath=onnx_path, **common)
 
-    from monai_scrd.networks import SCRD
+    from monai.bundle import ConfigParser
 
-    net = SCRD("efficientnet_lite0", pretrained=False)
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
-    net.eval()
+    from monai_scrd.engines import load_model_weights
+
+    # the reference is the network the bundle's scorer runs: inference.json's network_def (scale head and map
+    # options included) with the checkpoint loaded as its "initialize" step does
+    parser = ConfigParser()
+    parser.read_config(INFER)
+    net = load_model_weights(parser.get_parsed_content("network_def"), ckpt).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = net(x)
