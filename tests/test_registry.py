@@ -90,7 +90,7 @@ def test_registered_version(registered):
     mlmodel = open(os.path.join(local, "MLmodel")).read()
     assert "signature:" in mlmodel and '"name": "image"' in mlmodel and "saved_input_example_info" in mlmodel
     assert "scrd_threshold" in mlmodel
-    for name in ("model.pt", "scrd_model.json", "threshold.json", "metadata.json"):
+    for name in ("model.safetensors", "scrd_model.json", "threshold.json", "metadata.json"):
         assert os.path.isfile(os.path.join(local, "artifacts", name)), name
     spec = json.load(open(os.path.join(local, "artifacts", "scrd_model.json")))
     assert spec["preprocessing"]["image_size"] == IMAGE_SIZE and spec["threshold"]["threshold"] == pytest.approx(thr)

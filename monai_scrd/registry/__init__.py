@@ -1,6 +1,6 @@
 """MLflow model registry for SCRD: log a trained model as a self-contained MLflow pyfunc and register it.
 
-The logged model carries the weights (``model.pt``), the :class:`~monai_scrd.registry.spec.ModelSpec`
+The logged model carries the weights (``model.safetensors``), the :class:`~monai_scrd.registry.spec.ModelSpec`
 (network arguments, preprocessing arguments, score reduction, fitted decision threshold, bundle metadata), a
 signature, an input example and, by default, a copy of the ``monai_scrd`` code, so it loads in a fresh process
 anywhere (``mlflow.pyfunc.load_model("models:/scrd@champion")``) with only the third-party requirements installed.
