@@ -108,7 +108,7 @@ def test_each_broken_file_one_clear_line(files):
         msg = str(info.value)
         assert msg.startswith(f"{path}: ") and fragment in msg and "\n" not in msg, msg
         p = prepare(path)  # the scorer reads volumes (and series folders) too: same file, same fragment, one line
-        assert p.images is None and p.error.startswith(f"{path}: ") and "\n" not in p.error
+        assert p.images is None and p.error.startswith(f"{path}: ") and fragment in p.error and "\n" not in p.error
         assert p.error == msg or os.path.isdir(path), (p.error, msg)
     for path in good[:-1]:  # every 2D good file loads
         p = prepare(path)
