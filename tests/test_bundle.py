@@ -163,6 +163,9 @@ def test_resume_continues_from_checkpoint(trained, tmp_path):
 def test_evaluation_metrics_scores_plots_and_bad_files(trained, tmp_path):
     with open(trained["datalist"]) as f:
         data = json.load(f)
+    base = os.path.dirname(trained["datalist"])  # the copy lives elsewhere: its relative paths made absolute
+    for key in ("training", "validation"):
+        data[key] = [{"image": os.path.join(base, item["image"])} for item in data[key]]
     (tmp_path / "broken.png").write_bytes(b"not an image")
     data["test"].append({"image": str(tmp_path / "broken.png"), "label": 1})
     data["test"].append({"image": str(tmp_path / "missing.png"), "label": 0})
