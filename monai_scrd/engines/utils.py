@@ -59,9 +59,10 @@ def _user_error(exc: BaseException | None) -> BaseException | None:
 def one_line_errors(debug_env: str = "SCRD_DEBUG") -> None:
     """Make a bundle command that fails on bad data, a bad checkpoint or a contradictory setting print one line
     (``error: <file>: <what is wrong>``) and exit with status 1, instead of MONAI's 80-line traceback ending in
-    ``Failed to evaluate ConfigExpression``; other errors keep their traceback. ``$SCRD_DEBUG=1`` keeps every
-    traceback. Installed by the bundle configs' ``initialize`` step (``sys.excepthook``, so it acts only on an error
-    that ends the command)."""
+    ``Failed to evaluate ConfigExpression``; other errors keep their traceback. An error that lists several files
+    (e.g. every unreadable training image) prints that list below its line, one file a line. ``$SCRD_DEBUG=1`` keeps
+    every traceback. Installed by the bundle configs' ``initialize`` step (``sys.excepthook``, so it acts only on an
+    error that ends the command)."""
     if os.environ.get(debug_env, "").strip() not in ("", "0"):
         return
     previous = sys.excepthook
@@ -74,7 +75,12 @@ def one_line_errors(debug_env: str = "SCRD_DEBUG") -> None:
             return previous(exc_type, exc, tb)
         from monai_scrd.data.errors import one_line
 
-        print(f"error: {one_line(found, limit=2000)} (set {debug_env}=1 for the traceback)", file=sys.stderr, flush=True)
+        hint = f"(set {debug_env}=1 for the traceback)"
+        first, *listed = [ln.strip() for ln in str(found).splitlines() if ln.strip()] or [one_line(found)]
+        if listed:
+            print("\n".join([f"error: {first}", *(f"  {ln}" for ln in listed), hint]), file=sys.stderr, flush=True)
+        else:
+            print(f"error: {one_line(first, limit=2000)} {hint}", file=sys.stderr, flush=True)
 
     hook.scrd_one_line = True
     sys.excepthook = hook
