@@ -447,7 +447,7 @@ class TrainerCheckpointLoader(_CheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        from monai_scrd.checkpoint import CheckpointError, load_weights_file
+        from monai_scrd.checkpoint import CheckpointError, load_state_dict_checked, load_weights_file
 
         data = load_weights_file(self.load_path)  # one line naming the file when it is missing or unreadable
         missing = [k for k in self.load_dict if k not in data and k != "scaler"]
@@ -462,6 +462,9 @@ class TrainerCheckpointLoader(_CheckpointLoader):
         except RuntimeError as e:  # e.g. weights of another backbone: size mismatches
             from monai_scrd.data.errors import one_line
 
+            for key, obj in self.load_dict.items():  # a model that does not fit: say which weights differ
+                if isinstance(obj, torch.nn.Module) and isinstance(data.get(key), Mapping):
+                    load_state_dict_checked(unwrap(obj), data[key], self.load_path)
             raise CheckpointError(f"{self.load_path}: does not fit this model/optimizer ({one_line(e)})") from e
         if limit is not None:
             engine.state.max_epochs, engine.state.max_iters = None, limit
