@@ -316,9 +316,12 @@ def test_6_refuses_silent_wrong_answers(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 7. one-line errors
-def test_7_errors_are_one_line(tmp_path):
+def test_7_errors_are_one_line(tmp_path, caplog):
+    from ignite.engine import Engine
+
+    from monai_scrd.checkpoint import CheckpointError
     from monai_scrd.data.prepare import main as prepare_main
-    from monai_scrd.engines import latest_checkpoint
+    from monai_scrd.engines import TrainerCheckpointLoader, latest_checkpoint
     from monai_scrd.scoring import read_threshold
 
     # a bundle command on a bad datalist: one line, no traceback
@@ -336,7 +339,24 @@ def test_7_errors_are_one_line(tmp_path):
     # a truncated latest checkpoint is skipped with a warning naming it; a malformed threshold file is named
     torch.save({"trainer": {"iteration": 3}}, tmp_path / "a.pt")
     (tmp_path / "b.pt").write_bytes(b"PK\x03\x04 truncated")
-    assert latest_checkpoint(tmp_path).endswith("a.pt")
+    with caplog.at_level("WARNING", logger="monai_scrd.engines"):
+        assert latest_checkpoint(tmp_path).endswith("a.pt")
+    assert f"{tmp_path / 'b.pt'}: unreadable checkpoint (truncated?), skipped" in caplog.text
+
+    # --resume_from a corrupt file, or a checkpoint of another backbone: one line naming the file
+    def resume(path):
+        trainer = Engine(lambda engine, batch: None)
+        TrainerCheckpointLoader(load_path=str(path), load_dict={"model": SCRD("efficientnet_lite0", pretrained=False)}).attach(trainer)
+        trainer.run([0], max_epochs=1)
+
+    with pytest.raises(CheckpointError, match=r"b\.pt: not a readable weights-only torch checkpoint"):
+        resume(tmp_path / "b.pt")
+    other = tmp_path / "resnet18.pt"
+    torch.save({"model": SCRD("resnet18", pretrained=False).state_dict(), "trainer": {"iteration": 1, "epoch_length": 1,
+                                                                                     "max_epochs": 1}}, other)
+    with pytest.raises(CheckpointError, match=r"resnet18\.pt: checkpoint does not match SCRD: \d+ shape mismatches") as info:
+        resume(other)
+    assert "\n" not in str(info.value)
     (tmp_path / "threshold.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"threshold\.json: not a threshold file \(invalid JSON"):
         read_threshold(tmp_path / "threshold.json")
