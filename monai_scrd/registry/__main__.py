@@ -129,7 +129,8 @@ def _command(args) -> int:
             mlflow.set_registry_uri(uri)
             model = mlflow.pyfunc.load_model(args.model_uri)
             params = {"return_map": bool(args.map_dir), "map_dir": args.map_dir or "", "map_format": args.map_format}
-            out = model.predict(pd.DataFrame({"image": args.images}), params=params)
+            # an object column: file names that are not UTF-8 do not fit pandas' Arrow-backed strings
+            out = model.predict(pd.DataFrame({"image": pd.Series(args.images, dtype=object)}), params=params)
             if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8: their own bytes, as in scores.csv
                 sys.stdout.reconfigure(errors="surrogateescape")
             out.to_csv(sys.stdout, index=False)

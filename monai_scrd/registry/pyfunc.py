@@ -169,13 +169,14 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
                     except Exception as e:  # noqa: BLE001 - e.g. unwritable map_dir: report on the row
                         r.error = f"{r.path}: could not write the anomaly map ({type(e).__name__}: {e})"
         failed = [bool(r.error) for r in results]
+        # object columns: None (JSON null) for failed rows instead of NaN, and file names that are not UTF-8 (surrogate
+        # escapes), which pandas' Arrow-backed string columns refuse
         out = pd.DataFrame(
             {
-                "image": [r.path for r in results],
-                # object columns keep None (JSON null) for failed rows instead of NaN
+                "image": pd.Series([r.path for r in results], dtype=object),
                 "score": pd.Series([None if f else r.score for r, f in zip(results, failed)], dtype=object),
                 "is_anomaly": pd.Series([None if f else r.is_anomaly for r, f in zip(results, failed)], dtype=object),
-                "error": [r.error for r in results],
+                "error": pd.Series([r.error for r in results], dtype=object),
             }
         )
         if not any(failed):
@@ -183,5 +184,5 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
             if all(r.is_anomaly is not None for r in results):
                 out["is_anomaly"] = out["is_anomaly"].astype(bool)
         if any(want_maps):
-            out["map_path"] = map_paths
+            out["map_path"] = pd.Series(map_paths, dtype=object)
         return out
