@@ -278,6 +278,39 @@ def test_5_8_file_names_of_any_bytes_and_rows_flushed(tmp_path):
     assert (tmp_path / "none" / "errors.csv").read_text().strip() == "path,error"
 
 
+def test_5_commands_keep_file_names_of_any_bytes(model_dirs, tmp_path, monkeypatch, capsysbinary):
+    """``prepare`` (JSON and duplicate report) and ``registry predict`` (its CSV rows) on names that are not UTF-8."""
+    import shutil
+
+    from monai_scrd.registry.__main__ import main as registry_main
+
+    base = os.fsencode(str(tmp_path))
+    os.makedirs(base + b"/train")
+    os.makedirs(base + b"/test")
+    trained = _png(os.fsdecode(base + b"/train/caf\xe9.png"))
+    _png(os.fsdecode(base + b"/train/ok.png"), value=7)
+    tested = os.fsdecode(base + b"/test/\xff\xfe.png")
+    shutil.copy(trained, tested)  # a test image identical to a training image: listed in the duplicate report
+    out = tmp_path / "dl.json"
+    proc = subprocess.run([sys.executable, "-m", "monai_scrd.prepare", "--train-normal", os.fsdecode(base + b"/train"),
+                           "--test-normal", os.fsdecode(base + b"/test"), "--output", str(out)],
+                          cwd=tmp_path, env=clean_env(PYTHONPATH=REPO), capture_output=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode(errors="replace")[-2000:]
+    datalist = json.loads(out.read_text())
+    assert [os.fsencode(i["image"]) for i in datalist["training"]] == [b"train/caf\xe9.png", b"train/ok.png"]
+    assert [os.fsencode(i["image"]) for i in datalist["test"]] == [b"test/\xff\xfe.png"]
+    assert b"test/\xff\xfe.png,0," in (tmp_path / "dl_duplicates.csv").read_bytes()
+
+    monkeypatch.setenv("SCRD_DEVICE", "cpu")
+    monkeypatch.setenv("SCRD_INPUT_ROOTS", str(tmp_path))
+    code = registry_main(["predict", "--model-uri", model_dirs["pyfunc"], "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                          trained, tested])
+    printed = capsysbinary.readouterr()
+    rows = list(csv.DictReader(printed.out.decode("utf-8", "surrogateescape").splitlines()))
+    assert code == 0, printed.err[-2000:]
+    assert [r["image"] for r in rows] == [trained, tested] and all(r["score"] for r in rows)
+
+
 # ------------------------------------------------------------------------------------------------ 6. refusals
 def test_6_refuses_silent_wrong_answers(tmp_path):
     from monai_scrd.data import ConfigError, load_datalist
