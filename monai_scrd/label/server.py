@@ -24,6 +24,15 @@ class _Main(Main):
         origins = json.loads(os.environ.get("SCRD_LABEL_CORS_ORIGINS") or "[]")
         settings.MONAI_LABEL_CORS_ORIGINS = [str(o) for o in origins] or [CORS_NONE]
 
+    def start_server_init_settings(self, args):
+        super().start_server_init_settings(args)
+        # MONAI Label exports its settings to the environment of the processes it starts. Its train and infer task
+        # processes serve nothing, and fail when they log a non-empty origins list (URL objects are not JSON): they get
+        # none. Uvicorn's worker processes (--workers N) serve, and read the origins from there: they keep them (and
+        # task processes then fail as above).
+        if (args.workers or 1) <= 1:
+            os.environ.pop("MONAI_LABEL_CORS_ORIGINS", None)
+
 
 if __name__ == "__main__":
     _Main().run()
