@@ -136,8 +136,9 @@ def scale_table(rows: dict, labels: dict) -> str:
     order = [r for r in labels if r in rows and rows[r][0].get("test_scale_scores")]
     if not order:
         return "(no per-scale scores recorded)\n"
-    names = list(weighting_scores(rows[order[0]][0]))
-    names += [n for r in order for n in weighting_scores(rows[r][0]) if n not in names]
+    names = []
+    for r in order:
+        names += [n for n in weighting_scores(rows[r][0]) if n not in names]
     lines = ["AUROC in % (official split), mean ± std over seeds, of the test scores under each scale weighting, computed "
              "from the stored per-scale scores of each run (calibration: mean and std of each scale's score over the 100 "
              "held-out training normals; no test label). The `as scored` column is the run's own product score.\n",
@@ -280,6 +281,17 @@ def default_vs_baseline(rows: dict, labels: dict, default_row: str, weighting: s
         ops = [offline_operating_point(x, weighting, quantile, split) for x in rows[default_row]]
         lines.append(f"| {split} | **default** | {len(ops)} | {ms([o['auroc'] for o in ops])} | {ms([o['f1'] for o in ops])} |")
     return "\n".join(lines) + "\n"
+
+
+def recorded_commands(results_dir: Path, tags: list[str]) -> str:
+    """The command lines of the recorded runs, as each run's own log printed them (``<tag>/run_log.txt``)."""
+    lines = []
+    for tag in tags:
+        log = results_dir / "quality" / tag / "run_log.txt"
+        if log.is_file():
+            first = log.read_text().splitlines()[0]
+            lines.append(f"# {tag}\n{first.removeprefix('command: ')}")
+    return "\n".join(lines)
 
 
 def parameter_table() -> str:
