@@ -1,5 +1,6 @@
 """MONAI Label server serving SCRD on 127.0.0.1: /info/ and /infer/ over HTTP with PNG, DICOM and NIfTI studies,
-score and heatmap checked, clear HTTP errors for bad requests, server still serving after them, stopped at the end.
+score and heatmap checked, clear HTTP errors for bad requests, server still serving after them, a small request
+answered while a large image is being scored, stopped at the end.
 
 Started as a user does, ``python -m monai_scrd.label serve`` with this environment's Python, which runs the server in
 the MONAI Label venv of this environment (``scripts/install_label.sh``; ``monai_scrd.label.default_label_venv``).
@@ -11,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -61,6 +64,12 @@ def test_monai_label_server(tmp_path):
     studies = tmp_path / "studies"
     imgs = make_images(str(studies))
     os.remove(imgs["volume"])  # keep the studies to 2D images + the corrupt one
+    from PIL import Image
+    import numpy as np
+
+    # a large image (within the pixel budget): scoring it takes seconds, decoding included
+    ramp = np.add.outer(np.arange(6000) % 251, np.arange(6000) % 241).astype(np.uint8)
+    Image.fromarray(ramp).save(studies / "big.png")
     thr = json.load(open(os.path.join(bundle, "models", "threshold.json")))["threshold"]
     expected = dict(zip(("png", "dicom", "nifti"), direct_scores(net, [imgs[k] for k in ("png", "dicom", "nifti")])))
 
@@ -74,7 +83,7 @@ def test_monai_label_server(tmp_path):
         assert "scrd" in info["models"]
         model_info = info["models"]["scrd"]
         assert model_info["threshold"] == pytest.approx(thr) and model_info["image_size"] == 64
-        assert info["datastore"]["total"] == 4  # png, dcm, nii.gz, broken.png
+        assert info["datastore"]["total"] == 5  # png, dcm, nii.gz, broken.png, big.png
 
         ids = {"png": "case_png", "dicom": "case_dcm", "nifti": "case_nii"}
         for kind, image_id in ids.items():
@@ -83,9 +92,22 @@ def test_monai_label_server(tmp_path):
             assert res["is_anomaly"] == (res["score"] >= thr)
             assert res["label"] == ("anomaly" if res["is_anomaly"] else "normal")
 
+        # a small request is answered while a large one is being scored (inference runs in the server's thread pool)
+        finished = []
+        big = threading.Thread(target=lambda: finished.append(("big", _post(f"{base}/infer/scrd?image=big&output=json").status)))
+        big.start()
+        log = tmp_path / "server.log"
+        deadline = time.time() + 60
+        while "'image': 'big'" not in log.read_text(errors="replace") and time.time() < deadline:  # the big request has started
+            time.sleep(0.05)
+        res = json.loads(_post(f"{base}/infer/scrd?image=case_png&output=json").read().decode())
+        finished.append(("small", 200))
+        big.join(timeout=300)
+        assert abs(res["score"] - expected["png"]) <= TOL
+        assert finished == [("small", 200), ("big", 200)], finished
+
         # the heatmap as the result file: NIfTI at the image's own size, with the image's affine
         import nibabel as nib
-        import numpy as np
 
         r = _post(f"{base}/infer/scrd?image=case_nii&output=image")
         assert r.status == 200

@@ -129,9 +129,6 @@ class SCRDInferTask(InferTask):
         )
         return d
 
-    def is_valid(self) -> bool:
-        return self.scorer is not None
-
     def __call__(self, request) -> tuple[str | None, dict]:
         t0 = time.time()
         path = request.get("image")
