@@ -18,8 +18,6 @@ from monailabel.config import settings
 from monailabel.main import Main
 
 CORS_NONE = "https://cors-disabled.invalid"
-
-
 DEFAULT_UVICORN_APP = "monailabel.app:app"
 
 
