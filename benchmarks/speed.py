@@ -310,11 +310,13 @@ def child_entry(entry: str, size: int, batch: int, files: list[str], device_name
         import mlflow.pyfunc
         import pandas as pd
 
-        from monai_scrd.registry.pyfunc import SCRDPyfuncModel
+        from monai_scrd.registry.pyfunc import model_code_path
 
         os.environ["SCRD_DEVICE"], os.environ["SCRD_BATCH_SIZE"] = device_name, str(batch)
-        mlflow.pyfunc.save_model(str(work / "pyfunc"), python_model=SCRDPyfuncModel(),
-                                 artifacts={"checkpoint": str(model_dir / "model.pt"), "spec": str(model_dir / "scrd_model.json")})
+        os.environ["SCRD_INPUT_ROOTS"] = os.pathsep.join(sorted({os.path.dirname(os.path.realpath(f)) for f in files}))
+        # saved as the registry logs it: a model from code with the safetensors weights and the spec JSON
+        mlflow.pyfunc.save_model(str(work / "pyfunc"), python_model=model_code_path(),
+                                 artifacts={"weights": str(model_dir / "model.safetensors"), "spec": str(model_dir / "scrd_model.json")})
         model = mlflow.pyfunc.load_model(str(work / "pyfunc"))
 
         def run(paths):
@@ -407,7 +409,7 @@ def entry_point_speed(args) -> list[dict]:
     listing.write_text(json.dumps(files))
     size = 64 if args.smoke else args.infer_size
     out = []
-    for entry in ENTRY_POINTS if not args.smoke else ("scorer", "evaluation"):
+    for entry in ENTRY_POINTS if not args.smoke else ("scorer", "evaluation", "pyfunc"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-entry", entry, str(size), str(args.entry_batch),
                "--files", str(listing), "--device", args.device] + (["--smoke"] if args.smoke else [])
         res = subprocess.run(cmd, capture_output=True, text=True)
