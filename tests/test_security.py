@@ -278,6 +278,45 @@ def test_5_8_file_names_of_any_bytes_and_rows_flushed(tmp_path):
     assert (tmp_path / "none" / "errors.csv").read_text().strip() == "path,error"
 
 
+_INFER_UNTIL_KILLED = """
+import sys, torch
+from monai_scrd.engines import AnomalyInference
+from monai_scrd.networks import SCRD
+from monai_scrd.scoring import Scorer
+torch.manual_seed(0)
+scorer = Scorer(SCRD("efficientnet_lite0", pretrained=False), image_size=64, batch_size=1)
+AnomalyInference(scorer, sys.argv[1])(sys.argv[2:])
+"""
+
+
+def test_8_kill_9_during_inference_keeps_the_scored_rows(tmp_path):
+    """The attack of item 8: ``kill -9`` while inference runs. Every heatmap on disk has its row in scores.csv, except at
+    most the one of the file being scored when the process died."""
+    import signal
+    import time
+
+    (tmp_path / "in").mkdir()
+    paths = [_png(str(tmp_path / "in" / f"case_{i:03d}.png"), value=i) for i in range(200)]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _INFER_UNTIL_KILLED, str(out), *paths], cwd=tmp_path,
+                            env=clean_env(PYTHONPATH=REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    scores = out / "scores.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if scores.exists() and len(scores.read_text().splitlines()) >= 4:  # header + 3 rows
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"inference ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    with open(scores, newline="") as f:
+        rows = list(csv.DictReader(f))
+    heatmaps = list((out / "heatmaps").glob("*.png")) if (out / "heatmaps").exists() else []
+    assert 3 <= len(rows) < len(paths)
+    assert all(r["path"] in paths and r["score"] for r in rows)  # no half-written row
+    assert len(heatmaps) <= len(rows) + 1, (len(heatmaps), len(rows))
+
+
 def test_5_commands_keep_file_names_of_any_bytes(model_dirs, tmp_path, monkeypatch, capsysbinary):
     """``prepare`` (JSON and duplicate report) and ``registry predict`` (its CSV rows) on names that are not UTF-8."""
     import shutil
