@@ -236,6 +236,16 @@ def test_4_pixel_budget_from_the_header_and_linear_resize(tmp_path, monkeypatch)
     assert tuple(shrunk.shape) == (1, 6000 // 23, 5000 // 19)  # <= 4x the target left for the Gaussian resize
     small = torch.rand(1, 250, 200)
     assert ShrinkLargeImage(64)(small) is small  # images within 4x the target are untouched
+    # a shrunk image and an untouched one go through the preprocessing into one training batch (same metadata)
+    from monai.data import list_data_collate
+
+    from monai_scrd.data import preprocessing_transforms
+
+    small_png = _png(str(tmp_path / "small.png"))
+    Image.fromarray(np.zeros((1500, 1300), np.uint8)).save(tmp_path / "large.png")
+    tf = preprocessing_transforms(image_size=64)
+    batch = list_data_collate([tf({"image": small_png}), tf({"image": str(tmp_path / "large.png")})])
+    assert tuple(batch["image"].shape) == (2, 3, 64, 64)
     p = Preprocessor(image_size=64)(big)
     assert p.error == "" and tuple(p.images.shape) == (1, 3, 64, 64)
 

@@ -12,6 +12,7 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     MapTransform,
+    Resize,
     Resized,
     Transform,
 )
@@ -234,7 +235,8 @@ class ShrinkLargeImage(Transform):
     ``spatial_size`` (integer factor per axis, leaving at least ``max_ratio`` times the target size); smaller images
     pass unchanged. MONAI's anti-aliased ``Resize`` smooths with a Gaussian whose width grows with the downscale
     factor, so on its own its cost grows faster than the pixel count (an 8000 x 8000 image took minutes); block
-    averaging first keeps the whole resize linear in pixels.
+    averaging first (MONAI's ``Resize`` in ``area`` mode, which keeps the image's metadata and affine like any other
+    image's, so shrunk and untouched images batch together) keeps the whole resize linear in pixels.
 
     Args:
         spatial_size: the size the image is resized to next.
@@ -251,8 +253,8 @@ class ShrinkLargeImage(Transform):
         factors = [max(1, int(s) // (int(t) * self.max_ratio)) for s, t in zip(img.shape[-2:], self.spatial_size)]
         if factors == [1, 1]:
             return img
-        x = (img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)).float()  # no MetaTensor tracking
-        return torch.nn.functional.avg_pool2d(x[None], kernel_size=factors, stride=factors)[0]
+        size = [int(s) // f for s, f in zip(img.shape[-2:], factors)]
+        return Resize(spatial_size=size, mode="area", anti_aliasing=False)(img.float())
 
 
 class ShrinkLargeImaged(MapTransform):
