@@ -39,7 +39,7 @@ _EXPORTS = {
     ],
     "volume": ["slice_volume", "assemble_volume"],
     "robust": ["unwrap_error", "error_message", "validate_training_files", "check_training_files"],
-    "datalist": ["DATALIST_KEYS", "load_datalist", "validate_datalist", "resolve_path"],
+    "datalist": ["DATALIST_KEYS", "load_datalist", "validate_datalist", "resolve_path", "is_inside"],
     "color": ["COLOR_MODES", "image_color_mode", "source_color_mode", "resolve_color_mode", "check_color_mode", "trained_color_mode"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,7 +21,7 @@ from typing import Any
 
 from monai_scrd.data.errors import DataError
 
-__all__ = ["DATALIST_KEYS", "METADATA_KEYS", "load_datalist", "validate_datalist", "resolve_path"]
+__all__ = ["DATALIST_KEYS", "METADATA_KEYS", "load_datalist", "validate_datalist", "resolve_path", "is_inside"]
 
 DATALIST_KEYS = ("training", "validation", "test")
 METADATA_KEYS = (
@@ -42,6 +42,14 @@ METADATA_KEYS = (
 )
 
 
+def is_inside(real_path: str, real_root: str) -> bool:
+    """Whether ``real_path`` is ``real_root`` or lies below it; both already resolved (``os.path.realpath``)."""
+    try:
+        return os.path.commonpath([real_path, real_root]) == real_root
+    except ValueError:  # different drives on Windows
+        return False
+
+
 def resolve_path(value: str, base: str, allow_absolute: bool = False, where: str = "") -> str:
     """Resolve one datalist path against ``base`` (an absolute, resolved folder).
 
@@ -58,13 +66,8 @@ def resolve_path(value: str, base: str, allow_absolute: bool = False, where: str
             raise DataError(f"{where} is an absolute path ({value}); use paths relative to {base} or allow absolute paths")
         return os.path.realpath(expanded)
     resolved = os.path.realpath(os.path.join(base, expanded))
-    if not allow_absolute:
-        try:
-            inside = os.path.commonpath([resolved, base]) == base
-        except ValueError:  # different drives on Windows
-            inside = False
-        if not inside:
-            raise DataError(f"{where} ({value}) resolves to {resolved}, outside the dataset folder {base}")
+    if not allow_absolute and not is_inside(resolved, base):
+        raise DataError(f"{where} ({value}) resolves to {resolved}, outside the dataset folder {base}")
     return resolved
 
 

@@ -141,12 +141,13 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
         map_size = str(params.get("map_size") or "original")
         if map_size not in ("original", "model"):
             raise ValueError(f"map_size {map_size!r} is not 'original' or 'model'")
+        from monai_scrd.data import is_inside
         from monai_scrd.scoring import ScoreResult, resolve_inside, save_map
 
         map_dir = str(params.get("map_dir") or "")
         if any(want_maps) and map_dir:
             real_dir = os.path.realpath(map_dir)
-            if not any(real_dir == r or real_dir.startswith(r.rstrip(os.sep) + os.sep) for r in self.output_roots):
+            if not any(is_inside(real_dir, r) for r in self.output_roots):
                 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
                 raise MlflowException(f"map_dir {map_dir!r} is not inside the folders allowed for outputs (SCRD_OUTPUT_ROOTS)",

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from monai_scrd.data.color import check_color_mode
+from monai_scrd.data.datalist import is_inside
 from monai_scrd.data.errors import ConfigError, DataError
 from monai_scrd.data.readers import MedicalImage, read_medical_image
 from monai_scrd.data.robust import error_message
@@ -140,11 +141,8 @@ def resolve_inside(path: Any, roots: Sequence[str | os.PathLike]) -> str | None:
     if not path or "\x00" in path:
         return None
     real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(os.fspath(root))
-        inside = real == base or real.startswith(base.rstrip(os.sep) + os.sep)
-        if inside and os.path.exists(real):
-            return real
+    if os.path.exists(real) and any(is_inside(real, os.path.realpath(os.fspath(root))) for root in roots):
+        return real
     return None
 
 
