@@ -13,6 +13,10 @@ stored ``threshold.json`` and the last training log lines. The bundle docs quote
     python benchmarks/bundle_sample.py --name paper --config paper       # the paper-literal configuration
     python benchmarks/bundle_sample.py --name rd4ad -- --contrastive false --scale_adaptive false
     python benchmarks/bundle_sample.py --report                          # the markdown table the bundle docs quote
+
+``--extra-eval NAME=DATALIST`` runs ``run evaluating`` once more per seed on another datalist with the same trained
+model (for example the de-duplicated test list of the same split) and stores its metrics under ``extra_evals``;
+``--keep-models DIR`` copies each seed's model folder to ``DIR/<name>/seed<S>`` for later inspection.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +51,14 @@ def run(cmd: list[str]) -> tuple[float, str]:
     return wall, proc.stdout + proc.stderr
 
 
+def with_override(cmd: list[str], flag: str, value: str) -> list[str]:
+    """``cmd`` with ``flag``'s value replaced by ``value`` (appended when ``cmd`` has no ``flag``)."""
+    if flag in cmd:
+        i = cmd.index(flag)
+        return [*cmd[: i + 1], value, *cmd[i + 2:]]
+    return [*cmd, flag, value]
+
+
 def report(out_dir: Path) -> str:
     """Markdown table of every recorded run (one row per configuration and seed)."""
     lines = ["| configuration | seed | test AUROC | F1 at the stored threshold | training wall time | load at the end | command |",
@@ -66,8 +79,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--config", nargs="*", default=[], help="extra config files after train.json (e.g. paper)")
     p.add_argument("--out-dir", type=Path, default=C.RESULTS_DIR / "bundle_sample")
     p.add_argument("--report", action="store_true", help="print the markdown table of the recorded runs")
+    p.add_argument("--extra-eval", action="append", default=[], metavar="NAME=DATALIST",
+                   help="also run `run evaluating` with --datalist DATALIST (same model); repeatable")
+    p.add_argument("--keep-models", type=Path, default=None, metavar="DIR", help="copy each seed's model folder here")
     p.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. --max_iterations 50")
     args = p.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.extra_eval)
     if args.report:
         print(report(args.out_dir))
         return []
@@ -83,6 +100,17 @@ def main(argv=None) -> list[dict]:
             eval_wall, eval_log = run(eval_cmd)
             metrics = json.loads(Path(tmp, "eval", "metrics.json").read_text())
             threshold = json.loads(Path(tmp, "models", "threshold.json").read_text())
+            extra_evals = {}
+            for extra_name, datalist in extra.items():
+                extra_cmd = with_override([*eval_cmd[:-1], f"{tmp}/eval_{extra_name}"], "--datalist", datalist)
+                extra_wall, _ = run(extra_cmd)
+                extra_evals[extra_name] = {
+                    "command": " ".join(["python", *extra_cmd[1:]]).replace(tmp, "$TMP").replace(str(C.REPO) + "/", ""),
+                    "eval_wall_s": round(extra_wall, 1),
+                    "metrics": json.loads(Path(tmp, f"eval_{extra_name}", "metrics.json").read_text()),
+                }
+            if args.keep_models is not None:
+                shutil.copytree(Path(tmp, "models"), args.keep_models / args.name / f"seed{seed}", dirs_exist_ok=True)
         res = {
             "name": args.name,
             "seed": seed,
@@ -91,6 +119,7 @@ def main(argv=None) -> list[dict]:
             "eval_wall_s": round(eval_wall, 1),
             "metrics": metrics,
             "threshold": threshold,
+            **({"extra_evals": extra_evals} if extra_evals else {}),
             "train_log_tail": [ln.replace(tmp, "$TMP") for ln in log.strip().splitlines()[-12:]],
             "machine": C.machine_info(),
         }

@@ -73,3 +73,25 @@ def test_speed_smoke(tmp_path):
     assert (tmp_path / "speed.json").exists()
     md = speed.report_markdown(res, "speed.json")
     assert "images/s" in md
+
+
+def test_bundle_brain_table(tmp_path):
+    """The bundle section of RESULTS.md: one row per configuration and split, seeds pooled, commands seed-free."""
+    import quality_report as R
+    from bundle_sample import with_override
+
+    assert with_override(["run", "--datalist", "a.json", "--seed", "0"], "--datalist", "b.json") == \
+        ["run", "--datalist", "b.json", "--seed", "0"]
+    assert with_override(["run"], "--datalist", "b.json") == ["run", "--datalist", "b.json"]
+    op = {"f1": 0.5, "recall": 0.4, "false_positive_rate": 0.05}
+    for seed, auroc in ((0, 0.8), (1, 0.9)):
+        run = {"name": "default", "seed": seed, "train_wall_s": 100.0, "train_command": f"python -m x --seed {seed}",
+               "metrics": {"auroc": auroc, "stored_threshold": op},
+               "extra_evals": {"dedup": {"metrics": {"auroc": auroc - 0.1, "stored_threshold": op}}}}
+        (tmp_path / "bundle_brain" / "default").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bundle_brain" / "default" / f"seed{seed}.json").write_text(json.dumps(run))
+    md = R.bundle_table(tmp_path)
+    assert "| default | official | 0, 1 | 85.00 ± 7.07 | 50.00 ± 0.00 | 40.00 ± 0.00 | 5.00 ± 0.00 | 100 ± 0 s |" in md
+    assert "| default | dedup | 0, 1 | 75.00 ± 7.07 |" in md
+    assert md.count("python -m x --seed S") == 1
+    assert R.bundle_table(tmp_path / "empty") == "(no run recorded)\n"

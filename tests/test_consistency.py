@@ -49,12 +49,16 @@ def _write_bundle_configs(bundle: str) -> None:
 
 @torch.no_grad()
 def _reference_scores(net, paths: list[str], **settings) -> list[float]:
-    """Scores from the core pieces alone (2D): preprocessing_transforms -> SCRD -> image_score(mean)."""
+    """Scores from the core pieces alone (2D): preprocessing_transforms -> SCRD -> image_score (the bundle's reduction)."""
+    from test_registry_support import bundle_scoring
+
     from monai_scrd.data import preprocessing_transforms
     from monai_scrd.scoring import image_score
 
     tf = preprocessing_transforms("image", **settings)
-    return [float(image_score(net.eval()(torch.as_tensor(tf({"image": p})["image"])[None].float()))[0]) for p in paths]
+    reduction = bundle_scoring()[1]
+    return [float(image_score(net.eval()(torch.as_tensor(tf({"image": p})["image"])[None].float()), reduction)[0])
+            for p in paths]
 
 
 def _workflow(config_files: list[str], run_id: str, **override):

@@ -85,6 +85,14 @@ def running_server(cmd: list[str], ready_url: str, log_path, *, cwd, env: dict, 
         log.close()
 
 
+def bundle_scoring() -> tuple[str, str]:
+    """The repository bundle's ``(scale_weighting, score_reduction)`` (inference.json), so that the test networks
+    and reference scores follow the shipped scoring."""
+    with open(os.path.join(BUNDLE, "configs", "inference.json")) as f:
+        cfg = json.load(f)
+    return cfg["scale_weighting"], cfg["score_reduction"]
+
+
 def _write_configs(bundle_dir: str) -> None:
     """The repository bundle's inference config (and metadata) with ``image_size`` set small; a minimal equivalent
     when the bundle has no inference config yet."""
@@ -122,12 +130,14 @@ def train_tiny_bundle(bundle_dir: str, iterations: int = 3, seed: int = 0) -> tu
     Returns ``(network in eval mode, bundle_dir)``."""
     from monai_scrd.losses import ReverseDistillationLoss
     from monai_scrd.networks import SCRD
+    from monai_scrd.scoring import image_score
 
     _write_configs(bundle_dir)
     torch.manual_seed(seed)
     # the bundle configs' scale-head and scoring settings, so that a net built from them scores the same
+    weighting, reduction = bundle_scoring()
     net = SCRD("efficientnet_lite0", pretrained=False, contrastive=True, scale_adaptive=True, alpha_floor=0.5,
-               scale_weighting="max")
+               scale_weighting=weighting)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     loss_fn = ReverseDistillationLoss()
     net.train()
@@ -143,9 +153,10 @@ def train_tiny_bundle(bundle_dir: str, iterations: int = 3, seed: int = 0) -> tu
     os.makedirs(models, exist_ok=True)
     torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, os.path.join(models, "model.pt"))
     with torch.no_grad():
-        scores = net(torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE)).flatten(1).mean(1)
+        scores = image_score(net(torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE)), reduction)
     with open(os.path.join(models, "threshold.json"), "w") as f:
-        json.dump({"threshold": float(scores.median()), "method": "test: median of random images", "fitted_on": "test"}, f)
+        json.dump({"threshold": float(scores.median()), "method": "test: median of random images", "fitted_on": "test",
+                   "score_reduction": reduction, "scale_weighting": weighting}, f)
     return net, bundle_dir
 
 
@@ -183,15 +194,17 @@ def make_images(folder: str, seed: int = 1) -> dict[str, str]:
 
 @torch.no_grad()
 def direct_scores(net: torch.nn.Module, paths: list[str]) -> list[float]:
-    """Reference scores computed with the core pieces only: preprocessing_transforms -> SCRD -> image_score(mean)."""
+    """Reference scores computed with the core pieces only: preprocessing_transforms -> SCRD -> image_score (the
+    bundle's reduction)."""
     from monai_scrd.data import preprocessing_transforms
     from monai_scrd.scoring import image_score
 
     tf = preprocessing_transforms("image", image_size=IMAGE_SIZE)
+    reduction = bundle_scoring()[1]
     out = []
     for p in paths:
         x = torch.as_tensor(tf({"image": p})["image"])[None].float()
-        out.append(float(image_score(net.eval()(x), "mean")[0]))
+        out.append(float(image_score(net.eval()(x), reduction)[0]))
     return out
 
 

@@ -58,7 +58,8 @@ def test_threshold_fitted_elsewhere():
     m = threshold_metrics(labels, scores, 0.55)
     assert m["accuracy"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(f1_score(labels, [0, 1, 0, 1]))
-    assert (m["precision"], m["recall"]) == (0.5, 0.5)
+    assert (m["precision"], m["recall"], m["false_positive_rate"]) == (0.5, 0.5, 0.5)
+    assert threshold_metrics(labels, scores, 0.95)["false_positive_rate"] == 0.0
 
 
 def test_metrics_reject_bad_input():
@@ -135,3 +136,14 @@ def test_per_scale_calibration_standardises_each_scale():
         gen.calibrate(torch.ones(4, 3))
     with pytest.raises(ValueError, match="scale_weighting"):
         AnomalyMapGenerator(scale_weighting="median")
+
+
+def test_image_score_top_fraction():
+    amap = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10)  # values 0..99
+    assert image_score(amap, "top5%").item() == pytest.approx((95 + 96 + 97 + 98 + 99) / 5)
+    assert image_score(amap, "top0.1%").item() == 99.0  # at least one value
+    assert image_score(amap, "top100%").item() == image_score(amap, "mean").item()
+    assert image_score(amap, "max").item() == 99.0
+    for bad in ("top0%", "top101%", "top5", "median"):
+        with pytest.raises(ValueError, match="top<P>%"):
+            image_score(amap, bad)

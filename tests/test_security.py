@@ -374,6 +374,13 @@ def test_6_refuses_silent_wrong_answers(tmp_path):
     with pytest.raises(ConfigError, match="intensity='minmax', not 'percentile'"):
         Scorer(net, image_size=128, intensity="percentile", threshold=str(thr))
     Scorer(net, image_size=128, threshold=str(thr))  # the trained settings are fine
+    # ... or with another image reduction or scale weighting than the threshold was fitted with
+    thr.write_text(json.dumps({"threshold": 0.5, "score_reduction": "top5%", "scale_weighting": "uniform"}))
+    with pytest.raises(ConfigError, match="trained with score_reduction='top5%', not 'mean'"):
+        Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="uniform"), score_reduction="mean", threshold=str(thr))
+    with pytest.raises(ConfigError, match="trained with scale_weighting='uniform', not 'max'"):
+        Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="max"), score_reduction="top5%", threshold=str(thr))
+    Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="uniform"), score_reduction="top5%", threshold=str(thr))
 
     for i in range(3):
         _png(tmp_path / f"n{i}.png")

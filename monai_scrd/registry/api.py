@@ -256,11 +256,13 @@ def spec_from_run(
                 "the run was trained with) so that the network and preprocessing can be rebuilt"
             )
         network = {"_target_": NETWORK_TARGET, **{k: overrides[k] for k in NETWORK_ARGS if k in overrides}}
+        record = read_threshold(threshold)
         spec = ModelSpec(
             network=network,
             preprocessing={k: overrides[k] for k in PREPROCESSING_KEYS if k in overrides},
-            score_reduction=str(overrides.get("score_reduction", "mean")),
-            threshold=read_threshold(threshold),
+            # the reduction the threshold was fitted with, when the run logged none
+            score_reduction=str(overrides.get("score_reduction") or (record or {}).get("score_reduction") or "mean"),
+            threshold=record,
         )
     spec.source = {**spec.source, "run_id": run_id, "tracking_uri": uri, "checkpoint_artifact": sorted(weights, key=len)[0]}
     spec.validate()
@@ -512,7 +514,7 @@ def register_trained_model(
     *,
     network: Any,
     preprocessing: Mapping | None = None,
-    score_reduction: str = "mean",
+    score_reduction: str | None = None,
     threshold_path: str | os.PathLike | None = None,
     metadata: Mapping | str | os.PathLike | None = None,
     run_id: str | None = None,
@@ -527,7 +529,8 @@ def register_trained_model(
         model_path: the final ``{"model": state_dict}`` file.
         network: the trained SCRD module (its arguments are read from it) or a dict of SCRD arguments.
         preprocessing: ``preprocessing_transforms`` arguments (``{"image_size": 128, ...}``).
-        score_reduction: ``"mean"`` or ``"max"``.
+        score_reduction: ``"mean"``, ``"max"`` or ``"top<P>%"`` (see :func:`monai_scrd.scoring.image_score`);
+            default: the one the threshold file records, else ``"mean"``.
         threshold_path: the fitted threshold file; when missing, the model is registered without a threshold
             (``is_anomaly`` is then None) and a warning is logged.
         metadata: the bundle's ``metadata.json`` (path or dict).
@@ -542,6 +545,8 @@ def register_trained_model(
         logger.warning(f"no threshold file at {threshold_path}: registering {name} without a decision threshold")
     if isinstance(metadata, (str, os.PathLike)) and not os.path.isfile(os.fspath(metadata)):
         metadata = None
+    if score_reduction is None:
+        score_reduction = (read_threshold(threshold) or {}).get("score_reduction", "mean") if threshold else "mean"
     return register_model(
         name,
         model_path,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from monai_scrd.scoring.anomaly_map import top_fraction
 from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, Scorer, json_safe, read_threshold
 
 __all__ = [
@@ -60,7 +61,7 @@ class ModelSpec:
             as plain JSON values; ``pretrained`` is always rebuilt as False since the checkpoint holds the teacher's
             weights.
         preprocessing: the scorer's preprocessing settings (``image_size``, ``intensity``, ``percentiles``, ...).
-        score_reduction: image score from the anomaly map, ``"mean"`` (paper) or ``"max"``.
+        score_reduction: image score from the anomaly map, ``"mean"`` (paper), ``"max"`` or ``"top<P>%"``.
         volume_reduction: 3D volumes are scored slice by slice; their score is the ``"max"`` (bundle default) or
             ``"mean"`` of the slice scores.
         threshold: the stored decision threshold file content (``{"threshold": float, "method": ..., ...}``) or None;
@@ -113,9 +114,9 @@ class ModelSpec:
         return path
 
     def validate(self) -> None:
-        for what in ("score_reduction", "volume_reduction"):
-            if getattr(self, what) not in ("mean", "max"):
-                raise ValueError(f"{what} {getattr(self, what)!r} is not 'mean' or 'max'")
+        top_fraction(self.score_reduction)  # raises on an unknown image reduction
+        if self.volume_reduction not in ("mean", "max"):
+            raise ValueError(f"volume_reduction {self.volume_reduction!r} is not 'mean' or 'max'")
         unknown = set(self.preprocessing) - set(PREPROCESSING_KEYS)
         if unknown:
             raise ValueError(f"unknown preprocessing arguments {sorted(unknown)} (known: {PREPROCESSING_KEYS})")

@@ -29,16 +29,19 @@ def best_f1_threshold(labels, scores) -> float:
 
 
 def threshold_metrics(labels, scores, threshold: float) -> dict:
-    """F1, accuracy, precision and recall when predicting anomaly for ``score >= threshold`` (e.g. one fitted elsewhere)."""
+    """F1, accuracy, precision, recall and false-positive rate (the share of normal images flagged) when predicting
+    anomaly for ``score >= threshold`` (e.g. one fitted elsewhere)."""
     y, s = _check(labels, scores)
     pred = (s >= threshold).astype(int)
     tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
     return {
         "threshold": float(threshold),
         "f1": float(f1_score(y, pred, zero_division=0)),
         "accuracy": float(accuracy_score(y, pred)),
         "precision": tp / max(int(pred.sum()), 1),
         "recall": tp / max(int(y.sum()), 1),
+        "false_positive_rate": fp / max(int((y == 0).sum()), 1),
     }
 
 

@@ -47,7 +47,7 @@ from monai_scrd.data.readers import MedicalImage, read_medical_image
 from monai_scrd.data.robust import error_message
 from monai_scrd.data.transforms import array_transforms
 from monai_scrd.data.volume import assemble_volume, slice_volume
-from monai_scrd.scoring.anomaly_map import image_score
+from monai_scrd.scoring.anomaly_map import image_score, top_fraction
 
 __all__ = [
     "MAP_FORMATS",
@@ -491,7 +491,8 @@ class Scorer:
         color_mode: the model's colour mode (:class:`Preprocessor`); default: the ``color_mode`` recorded in the
             threshold record (``threshold.json``), else none (grayscale, unchecked: models from before colour modes).
         refuse_color_mismatch: refuse images of the other colour mode (default), or convert them (:class:`Preprocessor`).
-        score_reduction: anomaly map -> image score, ``"mean"`` (paper) or ``"max"``.
+        score_reduction: anomaly map -> image score, ``"mean"`` (paper), ``"max"`` or ``"top<P>%"`` (the mean of the
+            map's highest P percent, see :func:`~monai_scrd.scoring.image_score`).
         volume_reduction: slice scores -> volume score, ``"max"`` or ``"mean"``.
         threshold: decision threshold (number, threshold JSON file or record; a missing file means none, with a
             warning); ``is_anomaly`` is None without one.
@@ -519,9 +520,9 @@ class Scorer:
         amp: bool = True,
         channels_last: bool = True,
     ) -> None:
-        for name, value in (("score_reduction", score_reduction), ("volume_reduction", volume_reduction)):
-            if value not in REDUCTIONS:
-                raise ValueError(f"{name} {value!r} is not 'mean' or 'max'")
+        top_fraction(score_reduction)  # raises on an unknown image reduction
+        if volume_reduction not in REDUCTIONS:
+            raise ValueError(f"volume_reduction {volume_reduction!r} is not 'mean' or 'max'")
         self.network = network
         self.score_reduction = score_reduction
         self.volume_reduction = volume_reduction
@@ -544,9 +545,18 @@ class Scorer:
         trained = dict(record.get("preprocessing") or {})
         if "image_size" not in trained and "image_size" in record:  # threshold files of older bundles
             trained["image_size"] = record["image_size"]
-        mine = self.preprocessor.settings
-        for key in ("image_size", "intensity", "percentiles", "channels", "apply_voi"):
-            if key in trained and json_safe(trained[key]) != json_safe(mine[key]):
+        mine = dict(self.preprocessor.settings)
+        # the scoring settings the threshold was fitted with: another image reduction or scale weighting gives scores
+        # on another scale, so a threshold (and the scale calibration) fitted with the first would be silently wrong
+        mine["score_reduction"] = self.score_reduction
+        weighting = getattr(getattr(self.core, "anomaly_map", None), "scale_weighting", None)
+        if weighting is not None:
+            mine["scale_weighting"] = weighting
+        for key in ("score_reduction", "scale_weighting"):
+            if record.get(key) is not None:
+                trained[key] = record[key]
+        for key in ("image_size", "intensity", "percentiles", "channels", "apply_voi", "score_reduction", "scale_weighting"):
+            if key in trained and key in mine and json_safe(trained[key]) != json_safe(mine[key]):
                 where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the threshold record"
                 raise ConfigError(f"{where}: the model was trained with {key}={trained[key]!r}, not {mine[key]!r}; "
                                   f"score with {key}={trained[key]!r}")
