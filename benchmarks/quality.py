@@ -98,7 +98,7 @@ PAPER = {  # Brain Tumor, WRN50-2, 256 px, 4000 it x 16 (Tables 2 and 3): AUC, F
     "scrd_eq4_gauss": (75.23, 74.88, 68.25),
 }
 QUICK_ROWS = ["rd4ad", "crd", "scrd_eq4", "scrd_alg2"]
-# the row trained like the bundle's default (train.json); the bundle scores it with scale_weighting "max"
+# the row trained and weighted like the bundle's default (train.json: calibrated scales, scale_weighting "uniform")
 DEFAULT_ROW = "scrd_distill_cal"
 # the bundle's image-score reduction, read from its config (one place); every run also stores its scores with it
 BUNDLE_REDUCTION = json.loads((C.REPO / "bundles" / "scrd" / "configs" / "train.json").read_text())["score_reduction"]

@@ -32,6 +32,7 @@ import _common as C  # noqa: E402
 
 from monai_scrd.data import load_datalist  # noqa: E402
 from monai_scrd.registry.spec import scorer_from_bundle  # noqa: E402
+from monai_scrd.scoring import image_score  # noqa: E402
 from monai_scrd.scoring.metrics import threshold_metrics  # noqa: E402
 from monai_scrd.transforms.validation_anomaly import synthetic_validation_set  # noqa: E402
 
@@ -39,13 +40,9 @@ TOP_FRACTIONS = (0.01, 0.05, 0.2)
 
 
 def reductions(maps: torch.Tensor) -> dict[str, np.ndarray]:
-    """Image scores ``[N]`` of maps ``[N, H, W]`` under each reduction."""
-    flat = maps.flatten(1)
-    out = {"mean": flat.mean(1), "max": flat.amax(1)}
-    for q in TOP_FRACTIONS:
-        k = max(1, int(round(q * flat.shape[1])))
-        out[f"top{q:g}"] = flat.topk(k, dim=1).values.mean(1)
-    return {k: v.numpy().astype(float) for k, v in out.items()}
+    """Image scores ``[N]`` of maps ``[N, H, W]`` under each reduction (the scorer's ``image_score``)."""
+    names = {"mean": "mean", "max": "max", **{f"top{q:g}": f"top{100 * q:g}%" for q in TOP_FRACTIONS}}
+    return {key: image_score(maps, reduction).numpy().astype(float) for key, reduction in names.items()}
 
 
 @torch.no_grad()
@@ -55,10 +52,8 @@ def scale_maps(net, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
     out = []
     for chunk in images.split(batch):
         u, v, _ = net.features(chunk)
-        per = []
-        for k, (a, b) in enumerate(zip(u, v)):
-            d = (1.0 - F.cosine_similarity(a, b, dim=1).unsqueeze(1) - gen.scale_mean[k]) / gen.scale_std[k]
-            per.append(gen.smooth(F.interpolate(d, size=tuple(chunk.shape[-2:]), mode="bilinear", align_corners=False)))
+        per = [gen.smooth(F.interpolate(d, size=tuple(chunk.shape[-2:]), mode="bilinear", align_corners=False))
+               for d in gen.scale_distances(u, v)]
         out.append(torch.cat(per, 1))
     return torch.cat(out)
 
@@ -111,7 +106,7 @@ def main(argv=None) -> None:
                 results[f"{combo} | {r}"] = {
                     "test_auroc": float(roc_auc_score(labels, test)),
                     "f1_label_free": op["f1"], "precision": op["precision"], "recall": op["recall"],
-                    "test_normal_fpr": float((test[labels == 0] >= thr).mean()),
+                    "test_normal_fpr": op["false_positive_rate"],
                     "synthetic_auroc": float(roc_auc_score(np.r_[np.zeros(len(val)), np.ones(len(syn))], np.r_[val, syn])),
                 }
         out = {"model_dir": str(model_dir), "datalist": args.datalist, "quantile": args.quantile,

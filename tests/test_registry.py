@@ -249,6 +249,8 @@ def test_register_trained_model_hook(registered, tmp_path, monkeypatch):
 
     local = _download(mv.source, uri)
     _, scorer = scorer_from_dir(os.path.join(local, "artifacts"), device="cpu")
+    with open(os.path.join(registered["bundle"], "models", "threshold.json")) as f:
+        assert scorer.score_reduction == json.load(f)["score_reduction"]  # none given: the one the threshold was fitted with
     score = next(scorer.score([registered["images"]["dicom"]])).score
     assert abs(score - direct_scores(registered["net"], [registered["images"]["dicom"]])[0]) <= TOL
 

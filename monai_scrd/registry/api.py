@@ -256,14 +256,15 @@ def spec_from_run(
                 "the run was trained with) so that the network and preprocessing can be rebuilt"
             )
         network = {"_target_": NETWORK_TARGET, **{k: overrides[k] for k in NETWORK_ARGS if k in overrides}}
-        record = read_threshold(threshold)
         spec = ModelSpec(
             network=network,
             preprocessing={k: overrides[k] for k in PREPROCESSING_KEYS if k in overrides},
-            # the reduction the threshold was fitted with, when the run logged none
-            score_reduction=str(overrides.get("score_reduction") or (record or {}).get("score_reduction") or "mean"),
-            threshold=record,
+            threshold=read_threshold(threshold),
         )
+        if "score_reduction" in overrides:
+            spec.score_reduction = str(overrides["score_reduction"])
+        else:
+            spec.use_recorded_reduction()
     spec.source = {**spec.source, "run_id": run_id, "tracking_uri": uri, "checkpoint_artifact": sorted(weights, key=len)[0]}
     spec.validate()
     return spec, checkpoint
@@ -398,6 +399,8 @@ def register_model(
       arguments or the SCRD instance) and ``preprocessing`` (``preprocessing_transforms`` arguments); ``network`` /
       ``preprocessing`` / ``score_reduction`` given together with a bundle replace the bundle's values;
     * threshold: ``threshold`` (number, JSON file or record), else the bundle's stored one;
+    * image score reduction: ``score_reduction``, else the spec's or the bundle's, else (network arguments alone) the
+      one the threshold record was fitted with, else ``"mean"``;
     * metadata: ``metadata`` (dict or JSON file), else the bundle's ``configs/metadata.json``.
 
     The model is logged into run ``run_id`` (e.g. the training run) or a new run of ``experiment_name``.
@@ -412,6 +415,7 @@ def register_model(
     import mlflow
 
     uri = resolve_tracking_uri(tracking_uri)
+    described_by_arguments = spec is None and bundle_dir is None  # no config names a reduction
     if spec is None:
         if bundle_dir is not None:
             spec = spec_from_bundle(bundle_dir, config_file, overrides, threshold)
@@ -425,10 +429,12 @@ def register_model(
         spec.network = spec_from_network(network)
     if preprocessing is not None:
         spec.preprocessing = {k: v for k, v in json_safe(dict(preprocessing)).items() if v is not None}
-    if score_reduction is not None:
-        spec.score_reduction = str(score_reduction)
     if threshold is not None:
         spec.threshold = read_threshold(threshold)
+    if score_reduction is not None:
+        spec.score_reduction = str(score_reduction)
+    elif described_by_arguments:
+        spec.use_recorded_reduction()
     if isinstance(metadata, (str, os.PathLike)):
         with open(metadata) as f:
             spec.metadata = json.load(f)
@@ -545,8 +551,6 @@ def register_trained_model(
         logger.warning(f"no threshold file at {threshold_path}: registering {name} without a decision threshold")
     if isinstance(metadata, (str, os.PathLike)) and not os.path.isfile(os.fspath(metadata)):
         metadata = None
-    if score_reduction is None:
-        score_reduction = (read_threshold(threshold) or {}).get("score_reduction", "mean") if threshold else "mean"
     return register_model(
         name,
         model_path,

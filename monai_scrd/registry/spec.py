@@ -78,6 +78,11 @@ class ModelSpec:
     metadata: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
 
+    def use_recorded_reduction(self) -> None:
+        """Score with the image reduction the stored threshold was fitted with (``"mean"`` when the record names none
+        or there is no threshold): for specs whose source names no reduction of its own."""
+        self.score_reduction = str((self.threshold or {}).get("score_reduction") or "mean")
+
     @property
     def threshold_value(self) -> float | None:
         return None if not self.threshold else float(self.threshold["threshold"])

@@ -83,14 +83,19 @@ class AnomalyMapGenerator(nn.Module):
         amap = F.conv2d(amap, k.view(1, 1, 1, -1))  # rows
         return F.conv2d(amap, k.view(1, 1, -1, 1))  # columns
 
+    def scale_distances(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-scale distance maps ``[B, 1, h_k, w_k]`` at each feature resolution: ``1 - cos(u_k, v_k)``, calibrated
+        (``(d_k - mean_k) / std_k``; unchanged before :meth:`calibrate`), not yet weighted, upsampled or smoothed."""
+        return [
+            (1.0 - F.cosine_similarity(u, v, dim=1).unsqueeze(1) - self.scale_mean[k]) / self.scale_std[k]
+            for k, (u, v) in enumerate(zip(teacher, student))
+        ]
+
     def forward(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: torch.Tensor, image_size: tuple[int, int]
     ) -> torch.Tensor:
         """Return the anomaly map ``[B, 1, H, W]`` for features of an image of ``image_size`` (H, W)."""
-        dists = []
-        for k, (u, v) in enumerate(zip(teacher, student)):
-            dist = 1.0 - F.cosine_similarity(u, v, dim=1).unsqueeze(1)
-            dists.append((dist - self.scale_mean[k]) / self.scale_std[k])
+        dists = self.scale_distances(teacher, student)
         if self.scale_weighting == "uniform":
             alpha = torch.full_like(alpha, 1.0 / alpha.shape[1])
         elif self.scale_weighting == "max":
