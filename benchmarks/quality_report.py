@@ -287,13 +287,18 @@ def bundle_scoring_operating_point(run: dict, quantile: float, split: str = "off
     return {"auroc": _auc(y[mask], t), "f1": op["f1"], "recall": op["recall"], "fpr": op["false_positive_rate"]}
 
 
+# rows calibrated and averaged over scales like the bundle's default, so that their bundle-reduction scores are the
+# bundle's scoring applied to another training
+SAME_SCORING_CONTROLS = {"rd4ad_cal": "RD4AD training", "crd_distill_cal": "no scale head"}
+
+
 def default_vs_baseline(rows: dict, labels: dict, default_row: str, weighting: str, quantile: float) -> str:
     """``default_row`` against RD4AD as the paper scores it: scored with ``weighting`` (recomputed from the per-scale
     scores) and, where the runs stored them, with the bundle's scoring."""
     if default_row not in rows or "rd4ad" not in rows:
         return "(the default or the RD4AD row has no runs yet)\n"
     lines = [f"`{default_row}` ({labels[default_row]}) is the bundle's training configuration. Scored with `{weighting}` "
-             "(the bundle's scoring until this table's runs: `scale_weighting: max` after `calibrate_scales`, image mean), "
+             "(the bundle's previous scoring: `scale_weighting: max` after `calibrate_scales`, image mean), "
              f"recomputed from the per-scale scores; F1 at the {100 * quantile:g}th percentile of the held-out normals' "
              "scores (label-free threshold). Mean ± std over seeds, %.\n",
              "Recall and the test normals' false-positive rate at that threshold show where the F1 is lost: the "
@@ -314,6 +319,11 @@ def default_vs_baseline(rows: dict, labels: dict, default_row: str, weighting: s
         bundle = [bundle_scoring_operating_point(x, quantile, split) for x in rows[default_row]]
         if all(bundle):
             lines.append(line(split, f"**`{default_row}`, bundle scoring ({rows[default_row][0]['bundle_reduction']})**", bundle))
+        # the same scoring on models trained without the contrastive term or the scale head: scoring gain vs training gain
+        for row, trained in SAME_SCORING_CONTROLS.items():
+            control = [bundle_scoring_operating_point(x, quantile, split) for x in rows.get(row, [])]
+            if control and all(control):
+                lines.append(line(split, f"`{row}` ({trained}), bundle scoring ({rows[row][0]['bundle_reduction']})", control))
     if not all(bundle_scoring_operating_point(x, quantile) for x in rows[default_row]):
         lines.append("\nThese runs predate the bundle's current scoring (calibrated mean of z, mean of the top 5% of the "
                      "map) and did not store it; see the bundle-command and scoring-ablation sections.")
