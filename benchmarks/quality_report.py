@@ -252,17 +252,21 @@ def machine_line(rows: dict, tag: str) -> str:
 def offline_operating_point(run: dict, weighting: str, quantile: float, split: str = "official") -> dict:
     """AUROC and F1 at the ``quantile`` of the held-out normals' scores, for a scale weighting recomputed from the
     stored per-scale scores (the validation scores are recomputed the same way; no test label is used for the threshold)."""
-    from monai_scrd.scoring.metrics import threshold_metrics
-
     test = np.asarray(run["test_scale_scores"], dtype=float)
     val = np.asarray(run["val_scale_scores"], dtype=float)
     mu, sd = val.mean(0), val.std(0, ddof=1)
     combine = {"calibrated, max of z": lambda s: ((s - mu) / sd).max(1), "calibrated, mean of z": lambda s: ((s - mu) / sd).mean(1),
                "sum (RD4AD scoring)": lambda s: s.sum(1)}[weighting]
     y, mask = _labels(run, split)
-    t, thr = combine(test)[mask], float(np.quantile(combine(val), quantile))
-    op = threshold_metrics(y[mask], t, thr)
-    return {"auroc": _auc(y[mask], t), "f1": op["f1"], "recall": op["recall"], "fpr": op["false_positive_rate"]}
+    return _operating_point(y[mask], combine(test)[mask], float(np.quantile(combine(val), quantile)))
+
+
+def _operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """AUROC, and F1 / recall / false-positive rate at ``threshold``."""
+    from monai_scrd.scoring.metrics import threshold_metrics
+
+    op = threshold_metrics(labels, scores, threshold)
+    return {"auroc": _auc(labels, scores), "f1": op["f1"], "recall": op["recall"], "fpr": op["false_positive_rate"]}
 
 
 def stored_operating_point(m: dict) -> dict:
@@ -277,14 +281,11 @@ def stored_operating_point(m: dict) -> dict:
 def bundle_scoring_operating_point(run: dict, quantile: float, split: str = "official") -> dict | None:
     """AUROC and the label-free operating point of the scores a run stored with the bundle's image reduction
     (``test_scores_bundle_reduction``; None for runs recorded before it was stored)."""
-    from monai_scrd.scoring.metrics import threshold_metrics
-
     if "test_scores_bundle_reduction" not in run:
         return None
     y, mask = _labels(run, split)
-    t = np.asarray(run["test_scores_bundle_reduction"], dtype=float)[mask]
-    op = threshold_metrics(y[mask], t, float(np.quantile(run["val_scores_bundle_reduction"], quantile)))
-    return {"auroc": _auc(y[mask], t), "f1": op["f1"], "recall": op["recall"], "fpr": op["false_positive_rate"]}
+    return _operating_point(y[mask], np.asarray(run["test_scores_bundle_reduction"], dtype=float)[mask],
+                            float(np.quantile(run["val_scores_bundle_reduction"], quantile)))
 
 
 # rows calibrated and averaged over scales like the bundle's default, so that their bundle-reduction scores are the
@@ -324,7 +325,7 @@ def default_vs_baseline(rows: dict, labels: dict, default_row: str, weighting: s
             control = [bundle_scoring_operating_point(x, quantile, split) for x in rows.get(row, [])]
             if control and all(control):
                 lines.append(line(split, f"`{row}` ({trained}), bundle scoring ({rows[row][0]['bundle_reduction']})", control))
-    if not all(bundle_scoring_operating_point(x, quantile) for x in rows[default_row]):
+    if not all("test_scores_bundle_reduction" in x for x in rows[default_row]):
         lines.append("\nThese runs predate the bundle's current scoring (calibrated mean of z, mean of the top 5% of the "
                      "map) and did not store it; see the bundle-command and scoring-ablation sections.")
     return "\n".join(lines) + "\n"

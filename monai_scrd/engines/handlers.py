@@ -307,7 +307,7 @@ class TrainingFinalizer:
                     "n_images": int(scores.size),
                     "validation_mean_score": float(scores.mean()),
                     "score_reduction": self.scorer.score_reduction,
-                    "scale_weighting": getattr(getattr(net, "anomaly_map", None), "scale_weighting", None),
+                    "scale_weighting": self.scorer.scale_weighting,
                     "preprocessing": self.scorer.preprocessing,
                     "iteration": int(engine.state.iteration),
                     **self.extra_info,

@@ -549,9 +549,8 @@ class Scorer:
         # the scoring settings the threshold was fitted with: another image reduction or scale weighting gives scores
         # on another scale, so a threshold (and the scale calibration) fitted with the first would be silently wrong
         mine["score_reduction"] = self.score_reduction
-        weighting = getattr(getattr(self.core, "anomaly_map", None), "scale_weighting", None)
-        if weighting is not None:
-            mine["scale_weighting"] = weighting
+        if self.scale_weighting is not None:
+            mine["scale_weighting"] = self.scale_weighting
         for key in ("score_reduction", "scale_weighting"):
             if record.get(key) is not None:
                 trained[key] = record[key]
@@ -574,6 +573,11 @@ class Scorer:
     @property
     def core(self) -> torch.nn.Module:
         return getattr(self.network, "module", self.network)  # DistributedDataParallel / DataParallel
+
+    @property
+    def scale_weighting(self) -> str | None:
+        """How the network's anomaly map weights its scales (None for a network without an ``anomaly_map``)."""
+        return getattr(getattr(self.core, "anomaly_map", None), "scale_weighting", None)
 
     @property
     def device(self) -> torch.device:
