@@ -352,8 +352,11 @@ def test_5_commands_keep_file_names_of_any_bytes(model_dirs, tmp_path, monkeypat
 
     monkeypatch.setenv("SCRD_DEVICE", "cpu")
     monkeypatch.setenv("SCRD_INPUT_ROOTS", str(tmp_path))
+    mlflow_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     code = registry_main(["predict", "--model-uri", model_dirs["pyfunc"], "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
                           trained, tested])
+    # the command's tracking URI does not stay in the calling process (whose child processes would inherit it)
+    assert {k: os.environ.get(k) for k in mlflow_env} == mlflow_env
     printed = capsysbinary.readouterr()
     rows = list(csv.DictReader(printed.out.decode("utf-8", "surrogateescape").splitlines()))
     assert code == 0, printed.err[-2000:]

@@ -6,6 +6,7 @@ so scores are exactly those of the bundle's evaluation and inference and of the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from monai_scrd.registry.api import tracking_uri_context
 from monai_scrd.registry.spec import ModelSpec, scorer_from_bundle, scorer_from_dir
 from monai_scrd.scoring import Scorer, save_map
 
@@ -60,10 +62,8 @@ def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Score
         import mlflow
 
         uri = conf.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri:
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_registry_uri(uri)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+        with tracking_uri_context(uri) if uri else contextlib.nullcontext():
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
         art = os.path.join(local, "artifacts")
         return scorer_from_dir(art if os.path.isdir(art) else local, device=device)
     bundle = conf.get("bundle") or os.environ.get("SCRD_BUNDLE")

@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args) -> int:
-    from monai_scrd.registry.api import RegistryError, register_model, register_run, resolve_tracking_uri, set_alias
+    from monai_scrd.registry.api import (
+        RegistryError,
+        register_model,
+        register_run,
+        resolve_tracking_uri,
+        set_alias,
+        tracking_uri_context,
+    )
 
     try:
         if args.command == "register":
@@ -124,10 +131,8 @@ def _command(args) -> int:
             import mlflow
             import pandas as pd
 
-            uri = resolve_tracking_uri(args.tracking_uri)
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_registry_uri(uri)
-            model = mlflow.pyfunc.load_model(args.model_uri)
+            with tracking_uri_context(resolve_tracking_uri(args.tracking_uri)):
+                model = mlflow.pyfunc.load_model(args.model_uri)
             params = {"return_map": bool(args.map_dir), "map_dir": args.map_dir or "", "map_format": args.map_format}
             # an object column: file names that are not UTF-8 do not fit pandas' Arrow-backed strings
             out = model.predict(pd.DataFrame({"image": pd.Series(args.images, dtype=object)}), params=params)

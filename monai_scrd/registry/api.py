@@ -26,6 +26,7 @@ from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, json_safe, read_thresh
 __all__ = [
     "RegistryError",
     "resolve_tracking_uri",
+    "tracking_uri_context",
     "log_scrd_model",
     "register_model",
     "register_run",
@@ -86,20 +87,31 @@ def quiet_progress(enabled: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _tracking(uri: str) -> Iterator[Any]:
-    """Point MLflow (tracking and registry) at ``uri`` for the block, then restore the previous URIs."""
+def tracking_uri_context(uri: str) -> Iterator[Any]:
+    """Point MLflow (tracking and registry) at ``uri`` for the block, yielding a client for it, then restore what
+    was there before, the environment included.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``
+    for child processes; restoring them with the resolved previous URIs (``get_tracking_uri()``) would leave the
+    caller's process pinned to this block's URI or to a default store in its working folder. MLflow exposes what the
+    caller set only through those variables, so they are saved and put back as they were (``None``: unset).
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    prev_tracking = mlflow.get_tracking_uri()
-    prev_registry = mlflow.get_registry_uri()
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
-        mlflow.set_tracking_uri(prev_tracking)
-        mlflow.set_registry_uri(prev_registry)
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: unset again
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -213,7 +225,7 @@ def spec_from_run(
     import mlflow
 
     uri = resolve_tracking_uri(tracking_uri)
-    with _tracking(uri) as client:
+    with tracking_uri_context(uri) as client:
         try:
             run = client.get_run(run_id)
         except Exception as e:  # noqa: BLE001 - MlflowException: not found / bad id
@@ -364,7 +376,7 @@ def log_scrd_model(
 # ------------------------------------------------------------------------------------------------ registering
 def set_alias(name: str, version: int | str, alias: str, tracking_uri: str | None = None) -> None:
     """Point ``models:/name@alias`` at ``version``."""
-    with _tracking(resolve_tracking_uri(tracking_uri)) as client:
+    with tracking_uri_context(resolve_tracking_uri(tracking_uri)) as client:
         client.set_registered_model_alias(name, alias, str(version))
 
 
@@ -455,7 +467,7 @@ def register_model(
     checkpoint = os.fspath(checkpoint)
     spec.source = {**spec.source, "checkpoint": os.path.abspath(checkpoint)}
 
-    with _tracking(uri) as client, _run(run_id, experiment_name, run_name=f"register-{name}") as run:
+    with tracking_uri_context(uri) as client, _run(run_id, experiment_name, run_name=f"register-{name}") as run:
         spec.source.setdefault("run_id", run.info.run_id)
         info = log_scrd_model(checkpoint, spec, include_code=include_code, example_paths=example_paths)
         version = mlflow.register_model(info.model_uri, name)
