@@ -205,7 +205,8 @@ def test_evaluation_reports_synthetic_pixel_auroc_to_mlflow(trained, tmp_path):
     with open(os.path.join(ev, "synthetic_validation.json")) as f:
         synth = json.load(f)
     assert 0.0 <= synth["pixel_auroc"] <= 1.0 and synth["n_normal"] == 2 and synth["seed"] == 0
-    assert "pixel AUROC" in proc.stdout + proc.stderr
+    assert synth["iteration"] is None  # not the evaluator's batch count
+    assert "synthetic validation of the evaluated weights" in proc.stdout + proc.stderr
     with open(os.path.join(trained["out"], "models", "threshold.json")) as f:
         stored = json.load(f)
     # the same validation set (fingerprint) and, model.pt holding the selected weights, the same AUROC as in training

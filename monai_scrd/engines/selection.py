@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.engines import Evaluator
 
 from monai_scrd.engines.utils import is_rank0, unwrap
 from monai_scrd.scoring import Scorer, detection_metrics, pixel_auroc
@@ -104,7 +105,8 @@ def synthetic_validation_metrics(
             built :class:`~monai_scrd.transforms.SyntheticValidationSet` (then the set's own seed is used).
         seed: seed of the synthetic anomalies.
         batch_size: images per forward pass.
-        reduction: image score from the anomaly map, ``"mean"`` or ``"max"`` (:func:`monai_scrd.scoring.image_score`).
+        reduction: image score from the anomaly map, ``"mean"``, ``"max"`` or ``"top<P>%"``
+            (:func:`monai_scrd.scoring.image_score`).
         anomalies_per_normal: anomalies made from each normal image.
         max_pixels: pixel AUROC on a fixed random subset of at most this many pixels (None: all).
         device: where to run the model (default: where its parameters are).
@@ -155,7 +157,8 @@ class SyntheticValidation:
     ``val_auroc_synthetic`` and ``val_pixel_auroc_synthetic`` go into ``engine.state.metrics`` (so MONAI's
     StatsHandler and MLFlowHandler log them) and into :attr:`history`. The weights of the best evaluation so far
     (highest image AUROC; a tie goes to the later one) are kept in memory (a CPU copy of the state dict), so that at
-    the end both :attr:`best` and :attr:`last` (the network's own, final weights) are available.
+    the end both :attr:`best` and :attr:`last` (the network's own, final weights) are available. A record's
+    ``iteration`` is the training iteration; None when the engine is an evaluator (one evaluation of given weights).
 
     Model selection (:meth:`select`, called by :class:`~monai_scrd.engines.TrainingFinalizer` before it saves
     ``model.pt`` and fits the threshold): ``"last"`` keeps the final weights; ``"best_synthetic"`` loads the best
@@ -177,7 +180,8 @@ class SyntheticValidation:
         seed: seed of the synthetic anomalies (keep it fixed to compare evaluations and runs).
         anomalies_per_normal: anomalies made from each normal image.
         batch_size: images per forward pass.
-        reduction: image score from the anomaly map, ``"mean"`` or ``"max"``.
+        reduction: image score from the anomaly map (a :func:`~monai_scrd.scoring.image_score` reduction:
+            ``"mean"``, ``"max"`` or ``"top<P>%"``).
         model_selection: ``"last"`` or ``"best_synthetic"``.
         min_delta: AUROC margin by which the best evaluation must beat the last one to be selected.
         max_pixels: pixel AUROC on a fixed subset of at most this many pixels.
@@ -269,7 +273,8 @@ class SyntheticValidation:
         record); returns the history record, or None without validation images or off rank 0."""
         if not is_rank0() or self.validation_set is None:
             return None
-        iteration = int(engine.state.iteration)
+        # an evaluator's iteration counts its batches, not the weights' training: None there
+        iteration = None if isinstance(engine, Evaluator) else int(engine.state.iteration)
         if self.last is not None and self.last["iteration"] == iteration:
             return self.last
         net = unwrap(self.network if self.network is not None else engine.network)
@@ -285,8 +290,9 @@ class SyntheticValidation:
         if self.best is None or record[VAL_AUROC_KEY] >= self.best[VAL_AUROC_KEY]:
             self.best = record
             self._best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        when = "of the evaluated weights" if iteration is None else f"at iteration {iteration}"
         logger.info(
-            f"synthetic validation at iteration {iteration}: image AUROC {record[VAL_AUROC_KEY]:.4f}, pixel AUROC "
+            f"synthetic validation {when}: image AUROC {record[VAL_AUROC_KEY]:.4f}, pixel AUROC "
             f"{record[VAL_PIXEL_AUROC_KEY]:.4f} ({result['n_normal']} normals, {result['n_anomalous']} synthetic "
             f"anomalies, seed {self.seed}; {time.perf_counter() - start:.1f} s)"
         )
