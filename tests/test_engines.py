@@ -187,6 +187,37 @@ def test_datalist_paths_and_errors(tmp_path):
     assert [os.path.basename(i["image"]) for i in list_inputs(str(tmp_path))] == ["a.png"]
 
 
+def test_bundle_holds_out_validation_when_the_datalist_has_none(tmp_path, caplog):
+    import logging
+
+    from monai_scrd.data import DataError
+    from monai_scrd.engines import training_items, validation_items
+
+    names = [f"n{i}.png" for i in range(20)]
+    for n in names:
+        _png(tmp_path / n)
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": [{"image": n} for n in names]}))
+    with caplog.at_level(logging.INFO, logger="monai_scrd.engines"):
+        val = validation_items(dl, validation_fraction=0.1)
+    train = training_items(dl, validation_fraction=0.1)
+    # a fixed 10%, disjoint from what is trained on, the same on every call (training and evaluation agree)
+    assert len(val) == 2 and len(train) == 18 and not {v["image"] for v in val} & {t["image"] for t in train}
+    assert sorted(v["image"] for v in val + train) == sorted(str(tmp_path / n) for n in names)
+    assert validation_items(dl, validation_fraction=0.1) == val
+    assert "2 of the 20 training normals are held out" in caplog.text
+    # fraction 0 keeps everything for training, with a warning that nothing is fitted
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_scrd.engines"):
+        assert validation_items(dl, validation_fraction=0) == []
+    assert "no decision threshold" in caplog.text and len(training_items(dl)) == 20
+    # a validation list of the datalist is used as it is
+    dl.write_text(json.dumps({"training": [{"image": n} for n in names[:15]], "validation": [{"image": n} for n in names[15:]]}))
+    assert len(validation_items(dl, validation_fraction=0.1)) == 5 and len(training_items(dl, validation_fraction=0.1)) == 15
+    with pytest.raises(DataError, match=r"^validation_fraction 1\.5 must be in \[0, 1\)$"):
+        training_items(dl, validation_fraction=1.5)
+
+
 def test_datalist_absolute_paths_need_allow_absolute(tmp_path):
     from monai_scrd.data import DataError
 

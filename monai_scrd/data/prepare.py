@@ -195,16 +195,19 @@ def build_from_csv(csv_path: str | os.PathLike, images_root: str | os.PathLike |
     return {k: _dedupe_paths(v, k) for k, v in out.items() if v}
 
 
-def hold_out_validation(training: list[Item], fraction: float, seed: int = 0) -> tuple[list[Item], list[Item]]:
+def hold_out_validation(
+    training: list[Item], fraction: float, seed: int = 0, setting: str = "--val-fraction"
+) -> tuple[list[Item], list[Item]]:
     """Move a random ``fraction`` of the training items (rounded, at least 1 when fraction > 0) to validation;
-    both lists keep their original order. Deterministic for a given ``seed``."""
+    both lists keep their original order. Deterministic for a given ``seed``. ``setting`` names the fraction in
+    errors (the command-line flag, or the bundle setting)."""
     if not 0.0 <= fraction < 1.0:
-        raise DataError(f"--val-fraction {fraction} must be in [0, 1)")
+        raise DataError(f"{setting} {fraction} must be in [0, 1)")
     if fraction == 0.0 or not training:
         return list(training), []
     n_val = max(1, int(round(len(training) * fraction)))
     if n_val >= len(training):
-        raise DataError(f"--val-fraction {fraction} leaves no training images ({len(training)} in total)")
+        raise DataError(f"{setting} {fraction} leaves no training images ({len(training)} in total)")
     picked = set(random.Random(seed).sample(range(len(training)), n_val))
     return [t for i, t in enumerate(training) if i not in picked], [t for i, t in enumerate(training) if i in picked]
 
@@ -381,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"wrote {output}: training {len(training)}, validation {len(validation)}, "
             f"test {len(test)} ({n_tn} normal, {len(test) - n_tn} abnormal)"
         )
+        if training and not validation:
+            print("  no validation list: the bundle's training holds out its validation_fraction (default 0.1) of the "
+                  "training normals for the threshold and the scale calibration; --val-fraction makes the split here")
         return 0
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -108,19 +108,48 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else network
 
 
+def _training_and_validation(
+    datalist: str | os.PathLike, base_dir: str | None, allow_absolute: bool, validation_fraction: float,
+    require: tuple[str, ...] = (),
+) -> tuple[list[dict], list[dict], int]:
+    """The datalist's training and validation items; without a validation list, ``validation_fraction`` of the
+    training items (seed 0, as ``python -m monai_scrd.prepare --val-fraction``) are held out as validation. Returns
+    ``(training, validation, number held out)``."""
+    from monai_scrd.data.datalist import load_datalist
+    from monai_scrd.data.prepare import hold_out_validation
+
+    from monai_scrd.data.errors import DataError
+
+    try:
+        fraction = float(validation_fraction or 0.0)
+    except (TypeError, ValueError):
+        raise DataError(f"validation_fraction {validation_fraction!r} is not a number") from None
+    data = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=require)
+    training, validation = data.get("training", []), data.get("validation", [])
+    if validation or len(training) < 2:
+        hold_out_validation([], fraction, setting="validation_fraction")  # the setting's range is checked either way
+        return training, validation, 0
+    training, validation = hold_out_validation(training, fraction, seed=0, setting="validation_fraction")
+    return training, validation, len(validation)
+
+
 def training_items(
-    datalist: str | os.PathLike, base_dir: str | None = None, allow_absolute: bool = False, check_files: bool = True
+    datalist: str | os.PathLike,
+    base_dir: str | None = None,
+    allow_absolute: bool = False,
+    check_files: bool = True,
+    validation_fraction: float = 0.0,
 ) -> list[dict]:
-    """The datalist's ``training`` items (see :func:`monai_scrd.data.load_datalist`), after checking that every training image can
-    be read (:func:`monai_scrd.data.check_training_files`): training refuses to start on bad data and names *all*
-    unreadable images at once.
+    """The datalist's ``training`` items (see :func:`monai_scrd.data.load_datalist`), less those
+    :func:`validation_items` holds out when the datalist has no validation list (``validation_fraction``), after
+    checking that every training image can be read (:func:`monai_scrd.data.check_training_files`): training refuses
+    to start on bad data and names *all* unreadable images at once.
 
     Raises:
-        DataError: invalid datalist, no training images, or unreadable training images (one line each).
+        DataError: invalid datalist, no training images, a ``validation_fraction`` outside [0, 1), or unreadable
+            training images (one line each).
     """
-    from monai_scrd.data.datalist import load_datalist
-
-    items = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=("training",))["training"]
+    items, _, _ = _training_and_validation(datalist, base_dir, allow_absolute, validation_fraction, require=("training",))
     if check_files:
         from monai_scrd.data.robust import check_training_files
 
@@ -129,17 +158,35 @@ def training_items(
 
 
 def validation_items(
-    datalist: str | os.PathLike, base_dir: str | None = None, allow_absolute: bool = False, check_files: bool = True
+    datalist: str | os.PathLike,
+    base_dir: str | None = None,
+    allow_absolute: bool = False,
+    check_files: bool = True,
+    validation_fraction: float = 0.0,
 ) -> list[dict]:
-    """The datalist's ``validation`` items (``[]`` without a validation list), after checking that every one can be
-    read: the threshold and model selection are never fitted on the readable part of the list only.
+    """The datalist's ``validation`` items, the held-out normals that the decision threshold, the per-scale
+    calibration and the synthetic validation are fitted on. Without a validation list, ``validation_fraction`` of the
+    training items are held out instead (a random, fixed subset, seed 0; :func:`training_items` leaves them out), so
+    that a datalist made without validation still gives a calibrated model with a threshold; with a fraction of 0 it
+    is ``[]`` (a warning: nothing is fitted). Every item is checked to be readable: the threshold and model selection
+    are never fitted on the readable part of the list only.
 
     Raises:
-        DataError: invalid datalist, or unreadable validation images (one line each, all at once).
+        DataError: invalid datalist, a ``validation_fraction`` outside [0, 1), or unreadable validation images (one
+            line each, all at once).
     """
-    from monai_scrd.data.datalist import load_datalist
+    import logging
 
-    items = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute)).get("validation", [])
+    log = logging.getLogger("monai_scrd.engines")
+    training, items, held_out = _training_and_validation(datalist, base_dir, allow_absolute, validation_fraction)
+    if held_out:
+        log.info(f"{os.fspath(datalist)} has no validation list: {held_out} of the {len(training) + held_out} training "
+                 f"normals are held out (validation_fraction {validation_fraction}, seed 0) for the decision threshold, "
+                 "the scale calibration and the synthetic validation")
+    elif not items:
+        log.warning(f"{os.fspath(datalist)} has no validation list and none is held out (validation_fraction "
+                    f"{validation_fraction}, {len(training)} training images): no decision threshold and no scale "
+                    "calibration are fitted (the scores stay uncalibrated)")
     if check_files and items:
         from monai_scrd.data.robust import check_training_files
 
