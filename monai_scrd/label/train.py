@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from typing import Any
 
 from monailabel.interfaces.tasks.train import TrainTask
+
+from monai_scrd.data.prepare import hold_out_validation
 
 __all__ = ["SCRDTrainTask", "TrainProgress", "normal_studies", "is_marked_normal", "MIN_NORMAL_STUDIES", "VAL_SPLIT"]
 
@@ -210,10 +211,7 @@ class SCRDTrainTask(TrainTask):
         device = request.get("device") or self._default_device()
         device = device[0] if isinstance(device, (list, tuple)) else str(device)
         seed = int(params.get("seed", self.train_config.get("seed", 0)))
-        shuffled = list(studies)
-        random.Random(seed).shuffle(shuffled)
-        n_val = max(1, int(round(len(shuffled) * val_split)))
-        validation, training = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+        training, validation = hold_out_validation(studies, val_split, seed, setting="train request: val_split")
 
         # a fresh bundle folder: the source's configs with the request's values written in, so the published bundle
         # records how it was trained and its inference uses the same image size
@@ -238,7 +236,7 @@ class SCRDTrainTask(TrainTask):
             max_iterations = int(train_config.get("max_iterations", 0))
         except (TypeError, ValueError):  # an expression: progress without the total
             max_iterations = 0
-        stats_info = {"normal_studies": len(studies), "training_studies": len(training), "validation_studies": n_val,
+        stats_info = {"normal_studies": len(studies), "training_studies": len(training), "validation_studies": len(validation),
                       "device": device}
         progress = {
             "_target_": "monai_scrd.label.train.TrainProgress",
@@ -256,7 +254,7 @@ class SCRDTrainTask(TrainTask):
             "num_workers": 0,
             "train#handlers": handlers,
         }
-        print(f"SCRD training: {len(training)} normal studies, {n_val} held out for the threshold, "
+        print(f"SCRD training: {len(training)} normal studies, {len(validation)} held out for the threshold, "
               f"{max_iterations} iterations on {device}, source {self.source_bundle}", flush=True)
         try:
             self._run_bundle(staging, overrides)
