@@ -116,18 +116,18 @@ def _training_and_validation(
     training items (seed 0, as ``python -m monai_scrd.prepare --val-fraction``) are held out as validation. Returns
     ``(training, validation, number held out)``."""
     from monai_scrd.data.datalist import load_datalist
-    from monai_scrd.data.prepare import hold_out_validation
-
     from monai_scrd.data.errors import DataError
+    from monai_scrd.data.prepare import hold_out_validation
 
     try:
         fraction = float(validation_fraction or 0.0)
     except (TypeError, ValueError):
         raise DataError(f"validation_fraction {validation_fraction!r} is not a number") from None
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"validation_fraction {fraction} must be in [0, 1)")
     data = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=require)
     training, validation = data.get("training", []), data.get("validation", [])
     if validation or len(training) < 2:
-        hold_out_validation([], fraction, setting="validation_fraction")  # the setting's range is checked either way
         return training, validation, 0
     training, validation = hold_out_validation(training, fraction, seed=0, setting="validation_fraction")
     return training, validation, len(validation)
