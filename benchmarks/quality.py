@@ -531,7 +531,10 @@ held-out modalities may prefer another reduction, which stays one override away.
 switch away: `configs/paper.json`. (6) Where the gain comes from: the 1500- and 2500-iteration GPU runs store every
 model's scores with the bundle's reduction, and the rows trained like RD4AD (`rd4ad_cal`) or without the scale head
 (`crd_distill_cal`) but calibrated and averaged like the default score within one seed-std of the default there (the
-`bundle scoring` lines of those tables). So the default's lead over the paper-scored RD4AD is the scoring
+`bundle scoring` lines of those tables); through the bundle's own commands at 1000 iterations, RD4AD's training with
+the bundle's scoring (`brain_rd4ad_bundle_scoring_1000it`: `--contrastive false --scale_adaptive false`, the
+calibration, average and top 5% left on) matches the default too (next section). So the default's lead over the
+paper-scored RD4AD is the scoring
 (calibration, scale average, top 5%), not the contrastive term or the scale head, which on this split neither help
 nor hurt once the distillation term and the floor are in; the bundle keeps SCRD's training as the method this project
 implements, at the cost of the noisy teacher's extra forward pass per iteration (`seconds_per_iteration` in each
@@ -542,7 +545,8 @@ run's JSON).
 `python -m monai_scrd.prepare` on the split file, then `benchmarks/bundle_sample.py`, which runs `monai.bundle run
 training` and `run evaluating` per seed (and `run evaluating` once more on the de-duplicated datalist, made the same
 way with `--drop-test-duplicates`, for the same trained model). F1, recall and FPR at the threshold the training
-stored (95th percentile of the held-out normals), mean ± std over seeds.
+stored (95th percentile of the held-out normals), mean ± std over seeds. The training wall times come from different
+sessions' machines (2 shared cores each, with other work on some of them) and compare only roughly.
 
 {bundle}
 ## Scoring choices on the bundle's trained models (no retraining)
