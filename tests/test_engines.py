@@ -211,6 +211,13 @@ def test_bundle_holds_out_validation_when_the_datalist_has_none(tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="monai_scrd.engines"):
         assert validation_items(dl, validation_fraction=0) == []
     assert "no decision threshold" in caplog.text and len(training_items(dl)) == 20
+    # a datalist to score (no training list) says nothing about fitting
+    caplog.clear()
+    scoring = tmp_path / "scoring.json"
+    scoring.write_text(json.dumps({"test": [{"image": names[0], "label": 0}]}))
+    with caplog.at_level(logging.WARNING, logger="monai_scrd.engines"):
+        assert validation_items(scoring, validation_fraction=0.1) == []
+    assert "no decision threshold" not in caplog.text
     # a validation list of the datalist is used as it is
     dl.write_text(json.dumps({"training": [{"image": n} for n in names[:15]], "validation": [{"image": n} for n in names[15:]]}))
     assert len(validation_items(dl, validation_fraction=0.1)) == 5 and len(training_items(dl, validation_fraction=0.1)) == 15

@@ -183,7 +183,7 @@ def validation_items(
         log.info(f"{os.fspath(datalist)} has no validation list: {held_out} of the {len(training) + held_out} training "
                  f"normals are held out (validation_fraction {validation_fraction}, seed 0) for the decision threshold, "
                  "the scale calibration and the synthetic validation")
-    elif not items:
+    elif not items and training:  # (a datalist without training images only scores: nothing to fit)
         log.warning(f"{os.fspath(datalist)} has no validation list and none is held out (validation_fraction "
                     f"{validation_fraction}, {len(training)} training images): no decision threshold and no scale "
                     "calibration are fitted (the scores stay uncalibrated)")
