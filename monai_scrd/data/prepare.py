@@ -23,6 +23,7 @@ __all__ = [
     "build_from_folders",
     "build_from_split_json",
     "build_from_csv",
+    "check_validation_fraction",
     "hold_out_validation",
     "sha1_file",
     "find_test_duplicates",
@@ -195,14 +196,25 @@ def build_from_csv(csv_path: str | os.PathLike, images_root: str | os.PathLike |
     return {k: _dedupe_paths(v, k) for k, v in out.items() if v}
 
 
+def check_validation_fraction(fraction: float, setting: str = "--val-fraction") -> float:
+    """``fraction`` as a float in [0, 1); ``setting`` names it in the error (the command-line flag, or the bundle
+    setting)."""
+    try:
+        fraction = float(fraction or 0.0)
+    except (TypeError, ValueError):
+        raise DataError(f"{setting} {fraction!r} is not a number") from None
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"{setting} {fraction} must be in [0, 1)")
+    return fraction
+
+
 def hold_out_validation(
     training: list[Item], fraction: float, seed: int = 0, setting: str = "--val-fraction"
 ) -> tuple[list[Item], list[Item]]:
     """Move a random ``fraction`` of the training items (rounded, at least 1 when fraction > 0) to validation;
     both lists keep their original order. Deterministic for a given ``seed``. ``setting`` names the fraction in
-    errors (the command-line flag, or the bundle setting)."""
-    if not 0.0 <= fraction < 1.0:
-        raise DataError(f"{setting} {fraction} must be in [0, 1)")
+    errors (:func:`check_validation_fraction`)."""
+    fraction = check_validation_fraction(fraction, setting)
     if fraction == 0.0 or not training:
         return list(training), []
     n_val = max(1, int(round(len(training) * fraction)))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 import torch
+
+logger = logging.getLogger("monai_scrd.engines")
 
 __all__ = [
     "find_bundle_root",
@@ -116,15 +119,9 @@ def _training_and_validation(
     training items (seed 0, as ``python -m monai_scrd.prepare --val-fraction``) are held out as validation. Returns
     ``(training, validation, number held out)``."""
     from monai_scrd.data.datalist import load_datalist
-    from monai_scrd.data.errors import DataError
-    from monai_scrd.data.prepare import hold_out_validation
+    from monai_scrd.data.prepare import check_validation_fraction, hold_out_validation
 
-    try:
-        fraction = float(validation_fraction or 0.0)
-    except (TypeError, ValueError):
-        raise DataError(f"validation_fraction {validation_fraction!r} is not a number") from None
-    if not 0.0 <= fraction < 1.0:
-        raise DataError(f"validation_fraction {fraction} must be in [0, 1)")
+    fraction = check_validation_fraction(validation_fraction, setting="validation_fraction")
     data = load_datalist(datalist, dataset_dir=base_dir, allow_absolute=as_bool(allow_absolute), require=require)
     training, validation = data.get("training", []), data.get("validation", [])
     if validation or len(training) < 2:
@@ -175,18 +172,15 @@ def validation_items(
         DataError: invalid datalist, a ``validation_fraction`` outside [0, 1), or unreadable validation images (one
             line each, all at once).
     """
-    import logging
-
-    log = logging.getLogger("monai_scrd.engines")
     training, items, held_out = _training_and_validation(datalist, base_dir, allow_absolute, validation_fraction)
     if held_out:
-        log.info(f"{os.fspath(datalist)} has no validation list: {held_out} of the {len(training) + held_out} training "
-                 f"normals are held out (validation_fraction {validation_fraction}, seed 0) for the decision threshold, "
-                 "the scale calibration and the synthetic validation")
+        logger.info(f"{os.fspath(datalist)} has no validation list: {held_out} of the {len(training) + held_out} "
+                    f"training normals are held out (validation_fraction {validation_fraction}, seed 0) for the decision "
+                    "threshold, the scale calibration and the synthetic validation")
     elif not items and training:  # (a datalist without training images only scores: nothing to fit)
-        log.warning(f"{os.fspath(datalist)} has no validation list and none is held out (validation_fraction "
-                    f"{validation_fraction}, {len(training)} training images): no decision threshold and no scale "
-                    "calibration are fitted (the scores stay uncalibrated)")
+        logger.warning(f"{os.fspath(datalist)} has no validation list and none is held out (validation_fraction "
+                       f"{validation_fraction}, {len(training)} training images): no decision threshold and no scale "
+                       "calibration are fitted (the scores stay uncalibrated)")
     if check_files and items:
         from monai_scrd.data.robust import check_training_files
 
@@ -251,13 +245,11 @@ def _checkpoint_iteration(path: str) -> int:
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
     """The checkpoint in ``ckpt_dir`` with the highest saved trainer iteration (None if there is none); unreadable
     (e.g. truncated) files are skipped with a warning naming them."""
-    import logging
-
     files = glob.glob(os.path.join(os.fspath(ckpt_dir), "*.pt"))
     iterations = {p: _checkpoint_iteration(p) for p in files}
     for p, it in iterations.items():
         if it == -2:
-            logging.getLogger("monai_scrd.engines").warning(f"{p}: unreadable checkpoint (truncated?), skipped")
+            logger.warning(f"{p}: unreadable checkpoint (truncated?), skipped")
     best = max(files, key=lambda p: (iterations[p], os.path.getmtime(p)), default=None)
     if best is None or iterations[best] < 0:
         return None
