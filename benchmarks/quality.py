@@ -534,11 +534,10 @@ model's scores with the bundle's reduction, and the rows trained like RD4AD (`rd
 `bundle scoring` lines of those tables); through the bundle's own commands at 1000 iterations, RD4AD's training with
 the bundle's scoring (`brain_rd4ad_bundle_scoring_1000it`: `--contrastive false --scale_adaptive false`, the
 calibration, average and top 5% left on) matches the default too (next section). So the default's lead over the
-paper-scored RD4AD is the scoring
-(calibration, scale average, top 5%), not the contrastive term or the scale head, which on this split neither help
-nor hurt once the distillation term and the floor are in; the bundle keeps SCRD's training as the method this project
-implements, at the cost of the noisy teacher's extra forward pass per iteration (`seconds_per_iteration` in each
-run's JSON).
+paper-scored RD4AD is the scoring (calibration, scale average, top 5%), not the contrastive term or the scale head,
+which on this split neither help nor hurt once the distillation term and the floor are in; the bundle keeps SCRD's
+training as the method this project implements, at the cost of the noisy teacher's extra forward pass per iteration
+(`seconds_per_iteration` in each run's JSON).
 
 ## The brain split through the bundle's own commands
 
