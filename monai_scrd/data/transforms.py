@@ -7,16 +7,16 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
     EnsureTyped,
     MapTransform,
     Resize,
-    Resized,
     Transform,
 )
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, convert_to_dst_type
 
 from monai_scrd.data.color import COLOR_MODES, check_color_mode, image_color_mode
 from monai_scrd.data.errors import DataError
@@ -34,6 +34,8 @@ __all__ = [
     "array_transforms",
     "ShrinkLargeImage",
     "ShrinkLargeImaged",
+    "ResizeToModel",
+    "ResizeToModeld",
     "DataCompose",
 ]
 
@@ -101,9 +103,10 @@ class ToColorMode(Transform):
         self.to_gray = ToGrayscaleChannels(channels)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        if self.refuse_mismatch:
+        if self.refuse_mismatch:  # a grayscale model refuses colour; an rgb model takes any image as rgb
             source = getattr(img, "meta", {}).get("filename_or_obj", "image")
-            mode = check_color_mode(img, self.color_mode, source)
+            image_mode = check_color_mode(img, self.color_mode, source)
+            mode = image_mode if self.color_mode == "auto" else self.color_mode
         else:
             mode = image_color_mode(img) if self.color_mode == "auto" else self.color_mode
         if mode == "grayscale":
@@ -274,6 +277,48 @@ class ShrinkLargeImaged(MapTransform):
         return d
 
 
+class ResizeToModel(Transform):
+    """Resizes a channel-first 2D image to ``spatial_size`` with bilinear interpolation, anti-aliased when shrinking,
+    whose weights are renormalised at the image border: no value outside the image enters the result.
+
+    MONAI's ``Resize(anti_aliasing=True)`` smooths with a Gaussian that pads with zeros first, which darkens a rim along
+    the border whose depth depends on the image's brightness; a constant offset, a gain or an inverted (MONOCHROME1)
+    copy of the same picture then gave other model inputs and other scores. PyTorch's own anti-aliased
+    ``interpolate`` has no such rim, so this transform uses it (keeping a MetaTensor's metadata).
+
+    Args:
+        spatial_size: output size (int for square).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, spatial_size: int | Sequence[int]) -> None:
+        self.spatial_size = _size(spatial_size)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(img).float()
+        if tuple(x.shape[-2:]) == self.spatial_size:
+            return img
+        out = F.interpolate(x[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return convert_to_dst_type(out, img, dtype=torch.float32)[0]
+
+
+class ResizeToModeld(MapTransform):
+    """Dictionary wrapper of :class:`ResizeToModel`."""
+
+    backend = ResizeToModel.backend
+
+    def __init__(self, keys: KeysCollection, spatial_size: int | Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.resizer = ResizeToModel(spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resizer(d[key])
+        return d
+
+
 def array_transforms(
     keys: KeysCollection = "image",
     image_size: int | Sequence[int] = 256,
@@ -284,13 +329,18 @@ def array_transforms(
     refuse_mismatch: bool = False,
 ) -> Compose:
     """The steps of :func:`preprocessing_transforms` after loading, for images already in memory
-    (``{"image": [C, H, W] tensor}``); used to score the slices of a volume."""
+    (``{"image": [C, H, W] tensor}``); used to score the slices of a volume.
+
+    Intensities are scaled to [0, 1] on the image itself (after a large image's block averaging, which is linear),
+    then the image is resized with border-normalised weights (:class:`ResizeToModel`): every step is linear or
+    affine-invariant, so an offset, a gain, MONOCHROME1 vs MONOCHROME2 or 8- vs 16-bit storage of one picture give one
+    model input."""
     return Compose(
         [
             ToColorModed(keys, color_mode=color_mode, channels=channels, refuse_mismatch=refuse_mismatch),
             ShrinkLargeImaged(keys, image_size),
-            Resized(keys, spatial_size=_size(image_size), mode="bilinear", anti_aliasing=True),
             ScaleIntensityToUnitd(keys, intensity=intensity, percentiles=percentiles),
+            ResizeToModeld(keys, image_size),
             EnsureTyped(keys, dtype=torch.float32),
         ]
     )
