@@ -1,7 +1,12 @@
 """Colour modes (issue 15): detection, datalist resolution, preprocessing, colour DICOM, refusal at scoring, and an
 isoluminant hue anomaly that only the RGB pipeline can see."""
 
+import csv
 import json
+import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +27,8 @@ from monai_scrd.data import (
     trained_color_mode,
 )
 from monai_scrd.data.transforms import ToColorMode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _png(path, array_hwc_or_hw):
@@ -55,6 +62,19 @@ def _colour_image(rng, size=32):
     """Reddish skin-like texture: chromatic everywhere."""
     t = rng.uniform(-20, 20, (size, size, 1))
     return np.clip(np.array([180, 110, 90]) + t, 0, 255)
+
+
+def _pale_image(rng, size=32):
+    """A pale skin photo stored as RGB: textured, a faint tint that the per-image chroma rule reads as grayscale."""
+    t = rng.uniform(-50, 50, (size, size, 1))
+    return np.clip(np.array([200, 196, 194]) + t, 0, 255)
+
+
+def _photo_set(folder, rng, n=14, pale=2, size=32):
+    """``n`` colour photos of which the last ``pale`` are pale (grayscale-looking RGB) ones; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_png(folder / f"{'pale' if i >= n - pale else 'photo'}{i:02d}.png",
+                 _pale_image(rng, size) if i >= n - pale else _colour_image(rng, size)) for i in range(n)]
 
 
 def test_image_color_mode():
@@ -96,7 +116,7 @@ def test_colour_and_grayscale_dicom_are_read_correctly(tmp_path):
     assert float((out[0] - out[1]).abs().mean()) > 0.1  # channels kept apart
 
 
-def test_resolve_color_mode_and_mixed_datalist(tmp_path):
+def test_resolve_color_mode_majority_of_a_mixed_datalist(tmp_path):
     rng = np.random.default_rng(2)
     gray = [_png(tmp_path / f"g{i}.png", rng.uniform(0, 255, (32, 32))) for i in range(3)]
     gray_rgb = _png(tmp_path / "g_rgb.jpg", np.repeat(rng.uniform(0, 255, (32, 32, 1)), 3, axis=2))
@@ -106,16 +126,75 @@ def test_resolve_color_mode_and_mixed_datalist(tmp_path):
     assert resolve_color_mode([{"image": p} for p in gray + [gray_rgb]]) == "grayscale"
     assert resolve_color_mode(colour + [str(colour_jpeg)]) == "rgb"
     assert resolve_color_mode([]) == "grayscale"
-    assert resolve_color_mode(gray + colour, "rgb") == "rgb"  # explicit: no scan, no refusal
-    with pytest.raises(DataError) as err:
-        resolve_color_mode(gray + colour)
-    message = str(err.value)
-    assert "\n" not in message and colour[0] in message and gray[0] in message and "color_mode" in message
+    assert resolve_color_mode(gray + colour, "rgb") == "rgb"  # explicit: no scan
+    assert resolve_color_mode(gray + colour) == "grayscale"  # a mix is never refused: the majority decides
+    assert resolve_color_mode(gray + colour + [str(colour_jpeg)]) == "rgb"  # 3 of 6: a tie goes to rgb
     with pytest.raises(ValueError, match="is not one of"):
         resolve_color_mode(gray, "colour")
 
 
-def test_preprocessing_modes_and_refusal(tmp_path):
+def test_resolve_color_mode_colour_set_with_pale_photos(tmp_path, caplog):
+    """A dermoscopy-like set: 14 colour photos of which 2 pale ones fall under the per-image chroma rule."""
+    photos = _photo_set(tmp_path, np.random.default_rng(6))
+    assert [source_color_mode(p) for p in photos].count("grayscale") == 2
+    with caplog.at_level(logging.INFO, logger="monai_scrd.data"):
+        assert resolve_color_mode([{"image": p} for p in photos]) == "rgb"
+    lines = [r.getMessage() for r in caplog.records if "color_mode 'auto'" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith("color_mode 'auto' -> 'rgb' (12 of 14 source images are colour; 2 pale or grayscale ")
+
+
+def _bundle(*args: str) -> str:
+    """``python -m monai.bundle *args`` as a user runs it (as in tests/test_bundle.py); its output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"monai.bundle {' '.join(args)} failed ({proc.returncode}):\n{log[-4000:]}"
+    return log
+
+
+@pytest.mark.slow  # a tiny training run and an inference run (~40 s on 2 CPU cores)
+def test_bundle_trains_and_scores_colour_set_with_pale_and_grayscale_photos(tmp_path):
+    """Defaults (color_mode 'auto'): training on 14 colour photos of which 2 are pale resolves to rgb instead of
+    stopping; the rgb model then scores a pale photo and a 1-channel grayscale PNG like any other."""
+    configs = os.path.join(REPO, "bundles", "scrd", "configs")
+    data = tmp_path / "data"
+    photos = _photo_set(data / "imgs", np.random.default_rng(7), size=64)
+    rel = [os.path.relpath(p, data) for p in photos]
+    datalist = data / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": p} for p in rel[3:13]],  # 9 colour + 1 pale
+                                    "validation": [{"image": p} for p in rel[:3] + rel[13:]]}))  # 3 colour + 1 pale
+    out, models = tmp_path / "run", tmp_path / "run" / "models"
+    log = _bundle("run", "training", "--config_file", os.path.join(configs, "train.json"), "--image_size", "64",
+                  "--batch_size", "4", "--pretrained_weights", "false", "--num_workers", "0", "--max_iterations", "2",
+                  "--val_interval", "2", "--ckpt_interval", "2", "--output_dir", str(out), "--model_dir", str(models),
+                  "--datalist", str(datalist))
+    assert "color_mode 'auto' -> 'rgb' (12 of 14 source images are colour; 2 pale or grayscale" in log
+    assert json.loads((models / "threshold.json").read_text())["color_mode"] == "rgb"
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(8)
+    tests = {"photo.png": _colour_image(rng, 64), "pale.png": _pale_image(rng, 64),
+             "gray.png": rng.uniform(0, 255, (64, 64))}
+    for name, pixels in tests.items():
+        _png(inputs / name, pixels)
+    assert Image.open(inputs / "gray.png").mode == "L"
+    scored = tmp_path / "scored"
+    _bundle("run", "--config_file", os.path.join(configs, "inference.json"), "--image_size", "64", "--model_dir",
+            str(models), "--inputs", str(inputs), "--output_dir", str(scored), "--save_heatmaps", "false")
+    errors = scored / "errors.csv"
+    assert not errors.exists() or not list(csv.DictReader(errors.open()))
+    with open(scored / "scores.csv") as f:
+        rows = {os.path.basename(r["path"]): r for r in csv.DictReader(f)}
+    assert set(rows) == set(tests) and all(np.isfinite(float(r["score"])) for r in rows.values())
+
+
+def test_preprocessing_modes_and_grayscale_model_refusal(tmp_path):
     rng = np.random.default_rng(3)
     colour = _png(tmp_path / "c.png", _colour_image(rng))
     gray = _png(tmp_path / "g.png", rng.uniform(0, 255, (32, 32)))
@@ -125,12 +204,19 @@ def test_preprocessing_modes_and_refusal(tmp_path):
     assert as_rgb.meta["color_mode"] == "rgb" and not torch.equal(as_rgb[0], as_rgb[1])
     gray_in_rgb = preprocessing_transforms(image_size=32, color_mode="rgb")({"image": gray})["image"]
     assert gray_in_rgb.shape == (3, 32, 32) and torch.equal(gray_in_rgb[0], gray_in_rgb[2])
-    for path, model_mode, image_mode in ((colour, "grayscale", "rgb"), (gray, "rgb", "grayscale")):
-        with pytest.raises(DataError) as err:
-            preprocessing_transforms(image_size=32, color_mode=model_mode, refuse_mismatch=True)({"image": path})
-        message = str(err.value)
-        assert message.startswith(f"{path}: {image_mode} image") and f"trained on {model_mode} images" in message
-        assert "\n" not in message
+    with pytest.raises(DataError) as err:  # a grayscale model refuses a colour photo
+        preprocessing_transforms(image_size=32, color_mode="grayscale", refuse_mismatch=True)({"image": colour})
+    message = str(err.value)
+    assert message.startswith(f"{colour}: rgb image") and "trained on grayscale images" in message
+    assert "\n" not in message
+    # an rgb model takes a grayscale source (replicated) and a pale RGB one (its channels kept, not averaged)
+    scoring_rgb = preprocessing_transforms(image_size=32, color_mode="rgb", refuse_mismatch=True)
+    out = scoring_rgb({"image": gray})["image"]
+    assert out.shape == (3, 32, 32) and torch.equal(out[0], out[2]) and out.meta["color_mode"] == "rgb"
+    pale = _png(tmp_path / "pale.png", _pale_image(rng))
+    assert image_color_mode(read_medical_image(pale).array) == "grayscale"
+    out = scoring_rgb({"image": pale})["image"]
+    assert out.meta["color_mode"] == "rgb" and not torch.equal(out[0], out[2])
     assert check_color_mode(np.zeros((1, 4, 4)), None) == "grayscale"  # no recorded mode: nothing refused
     with pytest.raises(ValueError):
         ToColorMode("colour")
@@ -147,23 +233,45 @@ def test_trained_color_mode(tmp_path):
         trained_color_mode(record)
 
 
-def test_scorer_refuses_other_colour_mode(tmp_path):
+def test_scorer_rgb_model_scores_grayscale_grayscale_model_refuses_colour(tmp_path):
     from monai_scrd.networks import SCRD
     from monai_scrd.scoring import Scorer
 
     rng = np.random.default_rng(4)
     colour = _png(tmp_path / "colour.png", _colour_image(rng))
     gray = _png(tmp_path / "gray.png", rng.uniform(0, 255, (32, 32)))
+    pale = _png(tmp_path / "pale.png", _pale_image(rng))
     net = SCRD("efficientnet_lite0", pretrained=False).eval()
     scorer = Scorer(net, image_size=32, threshold={"threshold": 0.1}, device="cpu")
     assert not any(r.error for r in scorer.score([colour, gray]))  # no recorded mode (older models): as before
-    for model_mode, refused, accepted, image_mode in (("grayscale", colour, gray, "rgb"), ("rgb", gray, colour, "grayscale")):
-        # the mode as recorded by training (threshold.json), which every entry point hands to the Scorer
-        scorer = Scorer(net, image_size=32, threshold={"threshold": 0.1, "color_mode": model_mode}, device="cpu")
-        assert scorer.preprocessing["color_mode"] == model_mode
-        results = list(scorer.score([refused, accepted]))
-        assert results[0].error.startswith(f"{refused}: {image_mode} image") and f"trained on {model_mode} images" in results[0].error
-        assert not results[1].error and np.isfinite(results[1].score)
+    # the mode as recorded by training (threshold.json), which every entry point hands to the Scorer
+    scorer = Scorer(net, image_size=32, threshold={"threshold": 0.1, "color_mode": "rgb"}, device="cpu")
+    assert scorer.preprocessing["color_mode"] == "rgb"
+    results = list(scorer.score([colour, gray, pale]))  # an rgb model scores every kind
+    assert not any(r.error for r in results) and all(np.isfinite(r.score) for r in results)
+    scorer = Scorer(net, image_size=32, threshold={"threshold": 0.1, "color_mode": "grayscale"}, device="cpu")
+    results = list(scorer.score([colour, gray, pale]))
+    assert results[0].error.startswith(f"{colour}: rgb image") and "trained on grayscale images" in results[0].error
+    assert not results[1].error and not results[2].error and np.isfinite(results[2].score)  # pale reads as grayscale
+
+
+def test_preprocessor_rgb_replicates_grayscale_and_grayscale_refuses_colour(tmp_path):
+    from monai_scrd.scoring.scorer import Preprocessor
+
+    rng = np.random.default_rng(5)
+    gray = _png(tmp_path / "gray.png", rng.uniform(0, 255, (40, 48)))
+    colour = _png(tmp_path / "colour.png", _colour_image(rng))
+    assert read_medical_image(gray).array.shape[0] == 1
+    prepared = Preprocessor(image_size=32, color_mode="rgb")(gray)
+    assert not prepared.error
+    x = prepared.images
+    assert tuple(x.shape) == (1, 3, 32, 32) and torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 0], x[0, 2])
+    assert check_color_mode(read_medical_image(gray).array, "rgb", gray) == "grayscale"  # not refused
+    prepared = Preprocessor(image_size=32, color_mode="grayscale")(colour)
+    assert prepared.images is None and "\n" not in prepared.error
+    assert prepared.error.startswith(f"{colour}: rgb image, but the model was trained on grayscale images")
+    with pytest.raises(DataError, match="color_mode 'grayscale'"):
+        check_color_mode(read_medical_image(colour).array, "grayscale", colour)
 
 
 # ------------------------------------------------------------------------------------------ isoluminant hue anomaly

@@ -5,14 +5,16 @@ grayscale pipeline cannot see a change of hue at constant luminance. ``color_mod
 
 * ``"grayscale"``: RGB averaged to one channel, replicated to 3 (the right choice for MRI, CT, X-ray);
 * ``"rgb"``: the three colour channels kept (alpha dropped; a grayscale source is replicated);
-* ``"auto"``: decided from the data: ``"rgb"`` when the sources are genuinely colour, ``"grayscale"`` otherwise.
+* ``"auto"``: decided from the data set as a whole: ``"rgb"`` when at least half of the sources are genuinely colour,
+  ``"grayscale"`` otherwise (a mix is never refused; the minority is converted, see :func:`resolve_color_mode`).
 
 A source is *colour* when it has three or more channels that differ (a colour PNG/JPEG/TIFF, a DICOM with
 PhotometricInterpretation RGB or YBR_*, which pydicom converts to RGB); MONOCHROME DICOM, NIfTI and single-channel
 files are grayscale, and so is a grayscale picture stored as RGB (common for exported MRI slices), recognised by its
 near-equal channels (see :func:`image_color_mode`). A trained model records its resolved mode (``threshold.json``,
-the registered model's spec, MONAI Label's ``/info/``), and scoring refuses input of the other kind
-(:func:`check_color_mode`).
+the registered model's spec, MONAI Label's ``/info/``). An rgb model scores any image (a grayscale source replicated,
+a pale RGB one with its channels kept); a grayscale model refuses a genuinely colour image, since averaging its hue
+away would hide what such data may carry: it is not the kind of data the model learned (:func:`check_color_mode`).
 """
 
 from __future__ import annotations
@@ -111,8 +113,11 @@ def source_color_mode(path: str | os.PathLike, apply_voi: bool = True) -> str:
 
 
 def resolve_color_mode(items: Iterable[str | os.PathLike | Mapping], color_mode: str = "auto", key: str = "image") -> str:
-    """The colour mode of a training run: ``color_mode`` itself unless it is ``"auto"``, else the mode of the sources
-    (``"grayscale"`` when there are none). Logs the choice once.
+    """The colour mode of a training run: ``color_mode`` itself unless it is ``"auto"``, else the mode of the data set
+    as a whole: ``"rgb"`` when at least half of the readable sources are colour (:func:`source_color_mode`; a tie goes
+    to rgb), else ``"grayscale"`` (also when there are none). A mix is never refused: under ``"rgb"`` the few pale or
+    grayscale images keep their channels or have their one channel replicated, under ``"grayscale"`` the few colour
+    ones are averaged. Logs the choice once, with the counts.
 
     Args:
         items: image paths or datalist items holding the path under ``key`` (training and validation images).
@@ -120,7 +125,6 @@ def resolve_color_mode(items: Iterable[str | os.PathLike | Mapping], color_mode:
         key: the datalist key holding the image path.
 
     Raises:
-        DataError: under ``"auto"``, the sources mix colour and grayscale images (one line naming one of each).
         ValueError: unknown ``color_mode``.
     """
     _check_mode(color_mode)
@@ -128,27 +132,34 @@ def resolve_color_mode(items: Iterable[str | os.PathLike | Mapping], color_mode:
     if color_mode != "auto":
         logger.info(f"color_mode {color_mode!r} (set explicitly) for {len(paths)} images")
         return color_mode
-    first: dict[str, str] = {}
     counts = {"rgb": 0, "grayscale": 0}
     for path in paths:
         try:
-            mode = source_color_mode(path)
+            counts[source_color_mode(path)] += 1
         except DataError:
             continue  # unreadable files are reported by the data checks and loaders, not here
-        counts[mode] += 1
-        first.setdefault(mode, path)
-        if len(first) == 2:
-            raise DataError(
-                f"{first['rgb']} is a colour image but {first['grayscale']} is grayscale: color_mode 'auto' needs one "
-                "kind per datalist; set color_mode to 'rgb' or 'grayscale'"
-            )
-    mode = "rgb" if counts["rgb"] else "grayscale"
-    logger.info(f"color_mode 'auto' -> {mode!r} ({counts[mode]} {mode} source images)")
+    total = counts["rgb"] + counts["grayscale"]
+    mode = "rgb" if total and 2 * counts["rgb"] >= total else "grayscale"
+    if mode == "rgb":
+        detail = f"{counts['rgb']} of {total} source images are colour"
+        if counts["grayscale"]:
+            detail += (f"; {counts['grayscale']} pale or grayscale ones are read as rgb with their channels kept or a "
+                       "grayscale channel replicated")
+    else:
+        detail = f"{counts['grayscale']} of {total} source images are grayscale"
+        if counts["rgb"]:
+            detail += f"; {counts['rgb']} colour ones are averaged to grayscale"
+    logger.info(f"color_mode 'auto' -> {mode!r} ({detail})")
     return mode
 
 
 def check_color_mode(array, model_mode: str | None, source: str | os.PathLike = "image") -> str:
-    """Refuse an image whose colour mode differs from the model's; return the image's mode.
+    """Refuse a colour image for a grayscale model; return the image's mode.
+
+    An ``"rgb"`` model accepts every image: a grayscale source is replicated to 3 channels and a pale (grayscale-
+    looking) RGB image keeps its channels. A ``"grayscale"`` model refuses a genuinely colour image
+    (:func:`image_color_mode`): averaging its hue away would hide what colour data may carry, and a colour photo is not
+    the kind of data the model learned.
 
     Args:
         array: the image as read, channel-first ``[C, H, W]`` (before any grayscale conversion).
@@ -156,10 +167,10 @@ def check_color_mode(array, model_mode: str | None, source: str | os.PathLike = 
         source: the file, for the message.
 
     Raises:
-        DataError: one line naming ``source``, the image's mode and the model's.
+        DataError: a colour image for a grayscale model (one line naming ``source``, the image's mode and the model's).
     """
     mode = image_color_mode(array)
-    if model_mode in ("grayscale", "rgb") and mode != model_mode:
+    if model_mode == "grayscale" and mode == "rgb":
         raise DataError(
             f"{os.fspath(source)}: {mode} image, but the model was trained on {model_mode} images (color_mode "
             f"{model_mode!r}); score it with a model trained on {mode} images"
