@@ -357,6 +357,21 @@ def ablation_table(results_dir: Path) -> str:
     return "\n".join(out)
 
 
+def auto_tables(results_dir: Path) -> str:
+    """Brain and chest through the bundle with the scoring fitted on the normals (``bundle_runs.py``): the operating
+    point per run configuration, then how the label-free choice ranks the candidate scorings against the test AUROC."""
+    import bundle_runs
+    import scoring_choice
+
+    folder = results_dir / "bundle_auto"
+    if not folder.is_dir():
+        return "(no run recorded)\n"
+    runs = sorted({json.loads(f.read_text())["commands"].get("fit", "") for f in folder.glob("*/seed*.json")})
+    commands = sorted({re.sub(r"--seed \d+", "--seed S", re.sub(r"/tmp/\S+/seed\d+", "RUN", c)) for c in runs if c})
+    return (bundle_runs.report(folder) + "\n" + scoring_choice.report(folder)
+            + "\nEnd-of-training fit commands, as recorded (`RUN`: the seed's run folder):\n\n```\n" + "\n".join(commands) + "\n```\n")
+
+
 def bundle_table(results_dir: Path) -> str:
     """The brain split through the bundle's own commands (``bundle_sample.py`` on a ``prepare``d datalist): per
     configuration, AUROC and the operating point at the stored label-free threshold, official and de-duplicated."""

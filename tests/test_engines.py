@@ -26,7 +26,6 @@ from monai_scrd.engines import (
     TrainerCheckpointSaver,
     as_bool,
     find_bundle_root,
-    fit_threshold,
     latest_checkpoint,
     list_inputs,
     training_items,
@@ -157,12 +156,6 @@ def test_progress_log_one_line(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "iteration 10/40: loss 0.5 alpha_1 0.2 alpha_2 0.3 alpha_3 0.5"
     assert lines[1].startswith("iteration 20/40: loss 0.5") and "s/it" in lines[1] and "s left" in lines[1]
-
-
-def test_fit_threshold():
-    assert fit_threshold([1.0, 2.0, 3.0, np.nan], 50) == 2.0
-    with pytest.raises(ValueError):
-        fit_threshold([np.nan])
 
 
 def _png(path, size=(40, 50)):

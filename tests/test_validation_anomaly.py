@@ -19,6 +19,7 @@ from monai_scrd.engines.selection import VAL_AUROC_KEY, VAL_PIXEL_AUROC_KEY
 from monai_scrd.scoring import pixel_auroc
 from monai_scrd.transforms import (
     ANOMALY_FAMILIES,
+    LOCAL_FAMILIES,
     ANOMALY_SIZES,
     RandValidationAnomaly,
     RandValidationAnomalyd,
@@ -60,7 +61,7 @@ def test_same_seed_same_anomaly_other_seed_differs():
 def test_mask_is_the_changed_pixels_inside_the_ellipse(family):
     img = _textured()[0]
     before = img.clone()
-    t = RandValidationAnomaly(families=(family,), sizes=(1 / 4,))
+    t = RandValidationAnomaly(families=(family,), sizes=(1 / 4,), donors=_textured(3, seed=7))
     t.set_random_state(1)
     for _ in range(3):
         out, mask = t(img)
@@ -75,7 +76,7 @@ def test_mask_is_the_changed_pixels_inside_the_ellipse(family):
 
 def test_each_family_does_what_it_says():
     img = _textured()[0]
-    for family in ANOMALY_FAMILIES:
+    for family in LOCAL_FAMILIES:
         t = RandValidationAnomaly(families=(family,), sizes=(1 / 4,))
         t.set_random_state(2)
         out, mask = t(img)
@@ -92,6 +93,22 @@ def test_each_family_does_what_it_says():
             gain = t.params["gain"]
             ratio = out[0][m].std() / img[0][m].std()
             assert (ratio > 1.0) == (gain > 1.0) and abs(ratio - 1.0) > 0.1
+
+
+def test_patch_blends_a_shifted_donor_in():
+    img, donors = _textured()[0], _textured(2, seed=7)
+    t = RandValidationAnomaly(families=("patch",), sizes=(1 / 4,), donors=donors)
+    t.set_random_state(3)
+    out, mask = t(img)
+    p = t.params
+    shifted = torch.roll(donors[p["donor"]], shifts=p["shift"], dims=(1, 2))
+    r, c = (int(round(v)) for v in p["center"])  # the window is 1 at the centre
+    assert torch.allclose(out[:, r, c], (img + p["blend"] * (shifted - img))[:, r, c].clamp(0, 1), atol=1e-6)
+    assert 0.5 <= p["blend"] <= 1.0 and mask.sum() > 0
+    vs = synthetic_validation_set(_textured(4, 64), seed=0, families=("patch",))
+    assert vs.families == ["patch"] * 12 and all(m.any() for m in vs.masks)  # donors: the other normals of the set
+    with pytest.raises(ValueError, match="donors"):
+        RandValidationAnomaly(families=("patch",))
 
 
 def test_sizes_and_types():
@@ -128,7 +145,7 @@ def test_validation_set_balanced_and_fixed_by_seed():
     normals = _textured(6, 64)
     vs = synthetic_validation_set(normals, seed=0)
     assert vs.anomalies.shape == (18, 3, 64, 64) and vs.masks.shape == (18, 1, 64, 64)
-    assert {f: vs.families.count(f) for f in ANOMALY_FAMILIES} == {f: 6 for f in ANOMALY_FAMILIES}
+    assert {f: vs.families.count(f) for f in LOCAL_FAMILIES} == {f: 6 for f in LOCAL_FAMILIES}
     assert {s: vs.sizes.count(s) for s in ANOMALY_SIZES} == {s: 6 for s in ANOMALY_SIZES}
     assert all(m.any() for m in vs.masks)
     assert synthetic_validation_set(normals.clone(), seed=0).fingerprint() == vs.fingerprint()
@@ -163,7 +180,7 @@ def test_metrics_orientation_with_an_oracle():
     bad = synthetic_validation_metrics(Oracle(vs, 0.0), vs, batch_size=4)
     assert good["image_auroc"] == 1.0 and good["pixel_auroc"] == 1.0
     assert bad["image_auroc"] == 0.0 and bad["pixel_auroc"] == 0.0
-    assert set(good["image_auroc_by_family"]) == set(ANOMALY_FAMILIES)
+    assert set(good["image_auroc_by_family"]) == set(LOCAL_FAMILIES)
     assert good["n_normal"] == 3 and good["n_anomalous"] == 9 and good["fingerprint"] == vs.fingerprint()
     masks = np.zeros(10)
     masks[3] = 1

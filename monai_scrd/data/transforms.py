@@ -89,8 +89,9 @@ class ToColorMode(Transform):
     Args:
         color_mode: ``"grayscale"``, ``"rgb"`` or ``"auto"``.
         channels: output channels in grayscale mode (3 for ImageNet teachers); RGB output has 3.
-        refuse_mismatch: raise a :class:`DataError` naming the file (a MetaTensor's ``filename_or_obj``) when the image's
-            own mode differs from ``color_mode`` (scoring with a trained model), instead of converting it (training).
+        refuse_mismatch: scoring with a trained model: raise a :class:`DataError` naming the file (a MetaTensor's
+            ``filename_or_obj``) for a colour image under ``"grayscale"`` instead of converting it (training); under
+            ``"rgb"`` every image is converted (a grayscale one replicated).
     """
 
     backend = [TransformBackends.TORCH]
@@ -372,8 +373,8 @@ def preprocessing_transforms(
         channels: output channels in grayscale mode (3 for ImageNet teachers).
         color_mode: ``"grayscale"``, ``"rgb"`` or ``"auto"`` (per image; see :class:`ToColorMode` and
             :mod:`monai_scrd.data.color`, which also resolves ``"auto"`` once for a whole datalist).
-        refuse_mismatch: refuse (``DataError`` naming the file) an image whose own colour mode differs from
-            ``color_mode`` instead of converting it; for scoring with a trained model.
+        refuse_mismatch: refuse (``DataError`` naming the file) a colour image under ``"grayscale"`` instead of
+            converting it; for scoring with a trained model.
     """
     return DataCompose(
         [LoadMedicalImaged(keys, allow_volume=False, apply_voi=apply_voi)]

@@ -21,7 +21,6 @@ __all__ = [
     "TrainingFinalizer",
     "MLflowRunExtras",
     "find_mlflow_run",
-    "fit_threshold",
 ]
 
 logger = logging.getLogger("monai_scrd.engines")
@@ -72,16 +71,6 @@ class ProgressLog:
         logger.info(line)
 
 
-def fit_threshold(scores: Sequence[float], percentile: float = 99.0) -> float:
-    """Decision threshold from anomaly scores of held-out *normal* images: their ``percentile``-th percentile, so about
-    (100 - percentile)% of normal images are flagged. Uses no anomalous images and no test labels."""
-    arr = np.asarray([s for s in scores if s is not None], dtype=float)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0:
-        raise ValueError("no finite validation scores to fit a threshold on")
-    return float(np.percentile(arr, percentile))
-
-
 class ScoreCollector:
     """Collects the :class:`~monai_scrd.scoring.ScoreResult` of an evaluator's :class:`SCRDEvalStep` over one run.
 
@@ -89,9 +78,10 @@ class ScoreCollector:
     ``val_p99_score`` into ``engine.state.metrics`` (lower mean = student reproduces normal images better; used for
     monitoring only, never for model selection on test labels).
 
-    ``mode="test"`` (labelled test list): computes AUROC / AP / F1 / accuracy at the best-F1 threshold
-    (``detection_metrics``, the paper's protocol, fitted on the test labels) and, with a stored threshold (fitted on
-    validation normals), F1/accuracy at that threshold too; writes ``metrics.json``, ``scores.csv`` (the scorer's
+    ``mode="test"`` (labelled test list): computes AUROC / AP and, with a stored threshold (fitted on validation
+    normals: the label-free operating point, which the log line leads with), F1 / recall / FPR at that threshold
+    (``stored_threshold``); ``f1`` / ``accuracy`` / ``threshold`` at the best-F1 threshold (``detection_metrics``, the
+    paper's protocol) are fitted on the test labels, for comparison with papers only (``threshold_source`` says so); writes ``metrics.json``, ``scores.csv`` (the scorer's
     decision in ``is_anomaly``), ``roc_curve.png``, ``score_histogram.png`` and ``errors.csv`` into ``output_dir``,
     adds the unreadable files to ``errors`` and puts the metrics into ``engine.state.metrics``.
 
@@ -200,30 +190,41 @@ class ScoreCollector:
              if k not in self.extra_info and isinstance(v, (int, float)) and not isinstance(v, bool)}
         )
         engine.state.scrd_artifacts = list(self.files)
-        logger.info("evaluation: " + ", ".join(
-            f"{k}={metrics[k]:.4f}" for k in ("auroc", "average_precision", "f1", "accuracy") if k in metrics
-        ) + f" -> {out_dir}")
+        stored = metrics.get("stored_threshold") or {}
+        line = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("auroc", "average_precision") if k in metrics)
+        if stored:
+            line += ("; at the stored label-free threshold: " + ", ".join(
+                f"{k}={stored[k]:.4f}" for k in ("f1", "recall", "false_positive_rate") if k in stored))
+        if "f1" in metrics:
+            line += f"; F1 at the best threshold on the test labels (paper protocol, uses the labels)={metrics['f1']:.4f}"
+        logger.info(f"evaluation: {line} -> {out_dir}")
 
 
 class TrainingFinalizer:
-    """At the end of training (rank 0): writes the final weights ``{"model": state_dict}`` to ``model_path`` and, with
-    a validation loader of held-out normals, the decision threshold (``percentile`` of their scores, computed by the
-    ``scorer``) to ``threshold_path``; both become MLflow artifacts when tracking is on.
+    """At the end of training (rank 0): fits the scoring on the held-out normals and writes the final weights
+    ``{"model": state_dict}`` to ``model_path`` and the threshold record to ``threshold_path``; both become MLflow
+    artifacts when tracking is on. The fitting itself (calibration of the scored statistic, the ``auto`` choice of
+    scales and image reduction on synthetic anomalies, the cross-fitted threshold) is
+    :func:`monai_scrd.scoring.fitting.fit_scoring`; this handler only gathers the images and saves the result.
 
     Args:
         network: the trained network.
         model_path: where the final weights go.
-        threshold_path: where the threshold goes.
-        scorer: the :class:`~monai_scrd.scoring.Scorer` of the validation (on ``network``).
+        threshold_path: where the threshold record goes.
+        scorer: the :class:`~monai_scrd.scoring.Scorer` of the validation (on ``network``): its preprocessing and
+            settings are recorded, and without ``calibrate_scales`` its scores give the threshold.
         val_loader: loader of a :class:`~monai_scrd.scoring.ScoringDataset` of the validation normals.
         percentile: of the validation scores.
         extra_info: written into the threshold file.
         selection: :class:`~monai_scrd.engines.SyntheticValidation`; its ``select(engine)`` first loads the selected
             weights (best synthetic-validation or last, its ``model_selection``) into the network, and what it returns
-            (iteration and validation AUROCs of the best and the last evaluations) is added to the threshold file.
-        calibrate_scales: then fit the per-scale calibration of the anomaly map
-            (:meth:`~monai_scrd.scoring.AnomalyMapGenerator.calibrate`) on the validation normals, before the weights
-            are saved and the threshold is fitted.
+            is added to the threshold file.
+        calibrate_scales: fit the scoring (:func:`~monai_scrd.scoring.fitting.fit_scoring`) on the validation
+            normals before the weights are saved; False keeps the network's scoring as it is (the paper's) and fits
+            only the threshold.
+        score_reduction: ``"auto"`` or a fixed image reduction (with ``calibrate_scales``).
+        seed: of the synthetic anomalies and the cross-fitting folds.
+        max_anomalies: synthetic anomalies at most (1 to 3 per normal).
     """
 
     def __init__(
@@ -233,10 +234,13 @@ class TrainingFinalizer:
         threshold_path: str | None = None,
         scorer=None,
         val_loader=None,
-        percentile: float = 99.0,
+        percentile: float = 95.0,
         extra_info: Mapping | None = None,
         selection=None,
         calibrate_scales: bool = False,
+        score_reduction: str = "auto",
+        seed: int = 0,
+        max_anomalies: int = 600,
     ) -> None:
         self.network = network
         self.selection = selection
@@ -247,77 +251,100 @@ class TrainingFinalizer:
         self.val_loader = val_loader
         self.percentile = float(percentile)
         self.extra_info = dict(extra_info or {})
+        self.score_reduction = score_reduction
+        self.seed = int(seed)
+        self.max_anomalies = int(max_anomalies)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def validation_scores(self) -> np.ndarray:
-        """Scores of the validation images; refuses to go on when any could not be scored (the threshold is never
-        fitted on part of the list)."""
+    @staticmethod
+    def _refuse_failures(errors: list[str], total: int) -> None:
+        """Nothing is fitted on part of the validation list: one line naming the first failure."""
         from monai_scrd.data.errors import DataError
 
+        if errors:
+            raise DataError(f"{len(errors)} of {total} validation images could not be scored, so nothing is fitted; "
+                            f"fix or remove them: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+
+    def validation_images(self) -> torch.Tensor:
+        """The preprocessed validation images ``[N, C, H, W]`` (a volume's slices each)."""
+        prepared = [p for batch in self.val_loader for p in batch]
+        self._refuse_failures([p.error for p in prepared if p.error], len(prepared))
+        return torch.cat([p.images for p in prepared]) if prepared else torch.zeros(0)
+
+    def validation_scores(self) -> np.ndarray:
+        """Scores of the validation images under the network's current scoring (``calibrate_scales`` off)."""
         results = [r for batch in self.val_loader for r in self.scorer.score_prepared(batch)]
-        bad = [r.error for r in results if not r.ok]
-        if bad:
-            raise DataError(f"{len(bad)} of {len(results)} validation images could not be scored, so no threshold is "
-                            f"fitted; fix or remove them: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        self._refuse_failures([r.error for r in results if not r.ok], len(results))
         return np.asarray([r.score for r in results], dtype=float)
 
-    @torch.no_grad()
-    def fit_scale_calibration(self) -> dict:
-        """Per-scale calibration of the anomaly map from the validation normals (see ``calibrate_scales``)."""
+    def fit(self):
+        """:class:`~monai_scrd.scoring.fitting.ScoringFit` on the validation normals and synthetic anomalies (foreign
+        patches) made from them, applied to the network."""
+        from monai_scrd.scoring.fitting import apply_fit, fit_scoring, network_scale_maps
+        from monai_scrd.transforms.validation_anomaly import SCORING_FAMILIES, SCORING_SIZES, synthetic_validation_set
+
         net = unwrap(self.network)
-        device = next(net.parameters()).device
-        was_training = net.training
-        net.eval()
-        chunks = []
-        for batch in self.val_loader:
-            good = [p.images for p in batch if not p.error]
-            if good:
-                chunks.append(net.scale_scores(torch.cat(good).to(device))[0].float().cpu())
-        net.train(was_training)
-        if not chunks:
-            raise ValueError("calibrate_scales needs validation (normal) images, but none could be read")
-        net.anomaly_map.calibrate(torch.cat(chunks))
-        return {"scale_calibration": {"mean": net.anomaly_map.scale_mean.tolist(), "std": net.anomaly_map.scale_std.tolist(),
-                                      "n_images": int(sum(len(c) for c in chunks))}}
+        normals = self.validation_images()
+        per_normal = max(1, min(3, self.max_anomalies // max(1, len(normals))))
+        synthetic = synthetic_validation_set(normals, seed=self.seed, anomalies_per_normal=per_normal,
+                                             families=SCORING_FAMILIES, sizes=SCORING_SIZES)
+        batch = getattr(self.scorer, "batch_size", 16)
+        normal_maps, normal_alpha = network_scale_maps(net, normals, batch)
+        anomaly_maps, anomaly_alpha = network_scale_maps(net, synthetic.anomalies, batch)
+        fit = fit_scoring(normal_maps, anomaly_maps, synthetic.sources, net.anomaly_map.scale_weighting, self.score_reduction,
+                          self.percentile, normal_alpha, anomaly_alpha, seed=self.seed)
+        apply_fit(net, fit)
+        return fit
 
     def __call__(self, engine: Engine) -> None:
         from monai_scrd.scoring import write_json
+        from monai_scrd.scoring.fitting import fit_threshold
 
         if not is_rank0():
             return
         net = unwrap(self.network)
         selection_info = self.selection.select(engine) if self.selection is not None else {}
+        record = None
         if self.calibrate_scales and self.val_loader is not None:
-            selection_info.update(self.fit_scale_calibration())
-            logger.info(f"per-scale calibration on the validation normals: {selection_info['scale_calibration']}")
+            fit = self.fit()
+            record = fit.record()
+            choice = record["scoring_choice"]
+            logger.info(f"scoring fitted on {fit.n_normal} validation normals and {fit.n_anomalous} synthetic anomalies "
+                        f"(foreign patches): {fit.scales}, image score {fit.reduction} (synthetic AUROC "
+                        f"{choice['synthetic_auroc'] if choice['synthetic_auroc'] is None else round(choice['synthetic_auroc'], 4)}"
+                        f" among {len(fit.candidates)} candidates; a label-free ranking, not a test AUROC)")
         os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, self.model_path)
         files = [self.model_path]
         logger.info(f"saved final model weights to {self.model_path} (iteration {engine.state.iteration})")
         if self.threshold_path and self.val_loader is not None and self.scorer is not None:
-            scores = self.validation_scores()
-            if scores.size:
-                thr = fit_threshold(scores, self.percentile)
-                info = {
-                    "threshold": thr,
-                    "method": f"{self.percentile:g}th percentile of the anomaly scores of the validation (normal) images",
-                    "fitted_on": "validation",
-                    "n_images": int(scores.size),
-                    "validation_mean_score": float(scores.mean()),
+            if record is None:
+                scores = self.validation_scores()
+                if not scores.size:
+                    raise ValueError("no validation image could be scored; no threshold fitted")
+                record = {
+                    "threshold": fit_threshold(scores, self.percentile),
+                    "method": f"{self.percentile:g}th percentile ((n + 1) p order statistic) of the anomaly scores of "
+                              "the validation (normal) images",
+                    "percentile": self.percentile,
                     "score_reduction": self.scorer.score_reduction,
-                    "scale_weighting": self.scorer.scale_weighting,
-                    "preprocessing": self.scorer.preprocessing,
-                    "iteration": int(engine.state.iteration),
-                    **self.extra_info,
-                    **selection_info,
+                    "validation_scores": [round(float(s), 6) for s in scores],
                 }
-                files.append(write_json(self.threshold_path, info))
-                engine.state.metrics["threshold"] = thr
-                logger.info(f"decision threshold {thr:.5g} ({info['method']}) -> {self.threshold_path}")
-            else:
-                logger.warning("no validation images could be scored; no threshold file written")
+            info = {
+                **record,
+                "fitted_on": "validation",
+                "n_images": len(record["validation_scores"]),
+                "scale_weighting": self.scorer.scale_weighting,
+                "preprocessing": self.scorer.preprocessing,
+                "iteration": int(engine.state.iteration),
+                **self.extra_info,
+                **selection_info,
+            }
+            files.append(write_json(self.threshold_path, info))
+            engine.state.metrics["threshold"] = info["threshold"]
+            logger.info(f"decision threshold {info['threshold']:.5g} ({info['method']}) -> {self.threshold_path}")
         engine.state.scrd_artifacts = list(getattr(engine.state, "scrd_artifacts", [])) + files
 
 

@@ -1,9 +1,10 @@
 """Label-free validation and model selection: AUROCs on held-out normals plus synthetic anomalies.
 
 No real anomaly is needed: the validation set is the held-out training normals (the datalist's ``validation`` list)
-and anomalies of families the training never sees (:class:`monai_scrd.transforms.RandValidationAnomaly`: smooth
-blobs, local blur, local contrast), made from those normals with a fixed seed, so it is the same set at every
-evaluation and in every run with that seed. Two numbers come out:
+and anomalies of a family the training never sees (:class:`monai_scrd.transforms.RandValidationAnomaly`; by default
+foreign patches from the other normals, the family that also chooses the scoring at the end of training), made from
+those normals with a fixed seed, so it is the same set at every evaluation and in every run with that seed. Two
+numbers come out:
 
 - ``val_auroc_synthetic``: image-level AUROC, normals against synthetic anomalies, image score
   :func:`monai_scrd.scoring.image_score` of the model's anomaly map;
@@ -27,7 +28,12 @@ from monai.engines import Evaluator
 
 from monai_scrd.engines.utils import is_rank0, unwrap
 from monai_scrd.scoring import Scorer, detection_metrics, pixel_auroc
-from monai_scrd.transforms.validation_anomaly import SyntheticValidationSet, synthetic_validation_set
+from monai_scrd.transforms.validation_anomaly import (
+    SCORING_FAMILIES,
+    SCORING_SIZES,
+    SyntheticValidationSet,
+    synthetic_validation_set,
+)
 
 __all__ = [
     "VAL_AUROC_KEY",
@@ -188,7 +194,8 @@ class SyntheticValidation:
         output_path: when set, the latest result is written there as JSON (and listed in
             ``engine.state.scrd_artifacts`` for MLflow).
         image_key: image key of the items in ``data``.
-        anomaly_args: further arguments of :class:`~monai_scrd.transforms.RandValidationAnomaly`.
+        anomaly_args: arguments of :func:`~monai_scrd.transforms.synthetic_validation_set` (default: the foreign-patch
+            family and sizes that choose the scoring, ``SCORING_FAMILIES`` / ``SCORING_SIZES``).
     """
 
     def __init__(
@@ -221,7 +228,7 @@ class SyntheticValidation:
         self.max_pixels = max_pixels
         self.output_path = output_path
         self.image_key = image_key
-        self.anomaly_args = dict(anomaly_args or {})
+        self.anomaly_args = {"families": SCORING_FAMILIES, "sizes": SCORING_SIZES, **dict(anomaly_args or {})}
         self.history: list[dict] = []
         self.best: dict | None = None
         self.result: dict | None = None
@@ -293,8 +300,9 @@ class SyntheticValidation:
         when = "of the evaluated weights" if iteration is None else f"at iteration {iteration}"
         logger.info(
             f"synthetic validation {when}: image AUROC {record[VAL_AUROC_KEY]:.4f}, pixel AUROC "
-            f"{record[VAL_PIXEL_AUROC_KEY]:.4f} ({result['n_normal']} normals, {result['n_anomalous']} synthetic "
-            f"anomalies, seed {self.seed}; {time.perf_counter() - start:.1f} s)"
+            f"{record[VAL_PIXEL_AUROC_KEY]:.4f} ({result['n_normal']} held-out normals against {result['n_anomalous']} "
+            f"synthetic anomalies made from them, seed {self.seed}; a label-free signal for comparing weights and "
+            f"scorings, lower than a real-lesion AUROC by design; {time.perf_counter() - start:.1f} s)"
         )
         if self.output_path:
             from monai_scrd.scoring import write_json

@@ -28,6 +28,7 @@ from typing import Any
 from monailabel.interfaces.tasks.train import TrainTask
 
 from monai_scrd.data.prepare import hold_out_validation
+from monai_scrd.engines.utils import resolve_iterations
 
 __all__ = ["SCRDTrainTask", "TrainProgress", "normal_studies", "is_marked_normal", "MIN_NORMAL_STUDIES", "VAL_SPLIT"]
 
@@ -232,8 +233,9 @@ class SCRDTrainTask(TrainTask):
             "training": [{"image": p, "id": i} for i, p in training],
             "validation": [{"image": p, "id": i, "label": 0} for i, p in validation],
         })
-        try:
-            max_iterations = int(train_config.get("max_iterations", 0))
+        try:  # the bundle's own rule for "auto" (a schedule from the number of training studies)
+            max_iterations = resolve_iterations(train_config.get("max_iterations", 0), len(training),
+                                                int(train_config.get("batch_size", 8)))
         except (TypeError, ValueError):  # an expression: progress without the total
             max_iterations = 0
         stats_info = {"normal_studies": len(studies), "training_studies": len(training), "validation_studies": len(validation),

@@ -93,6 +93,12 @@ class SCRD(nn.Module):
         u, v, alpha = self.features(x)
         return self.anomaly_map.scale_scores(u, v), alpha
 
+    @torch.no_grad()
+    def scale_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-scale maps ``[B, K, H, W]`` (see ``AnomalyMapGenerator.scale_maps``) and alpha ``[B, K]``."""
+        u, v, alpha = self.features(x)
+        return self.anomaly_map.scale_maps(u, v, (x.shape[-2], x.shape[-1])), alpha
+
     def forward(self, x: torch.Tensor):
         if self.training and not torch.jit.is_scripting():  # the scripted model is the inference graph
             return self.features(x)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from monai_scrd.scoring.anomaly_map import top_fraction
+from monai_scrd.scoring.fitting import DEFAULT_SCORING
 from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, Scorer, json_safe, read_threshold
 
 __all__ = [
@@ -119,6 +120,10 @@ class ModelSpec:
         return path
 
     def validate(self) -> None:
+        if self.threshold is not None:
+            self.threshold = read_threshold(self.threshold)
+        if self.score_reduction == "auto":  # the reduction training chose and recorded (the default without a record)
+            self.score_reduction = str((self.threshold or {}).get("score_reduction") or DEFAULT_SCORING[1])
         top_fraction(self.score_reduction)  # raises on an unknown image reduction
         if self.volume_reduction not in ("mean", "max"):
             raise ValueError(f"volume_reduction {self.volume_reduction!r} is not 'mean' or 'max'")
@@ -126,8 +131,6 @@ class ModelSpec:
         if unknown:
             raise ValueError(f"unknown preprocessing arguments {sorted(unknown)} (known: {PREPROCESSING_KEYS})")
         self.network_args()
-        if self.threshold is not None:
-            self.threshold = read_threshold(self.threshold)
 
     def network_args(self) -> dict:
         """The SCRD constructor arguments: names of ``SCRD.__init__``'s parameters with plain JSON values (strings,

@@ -4,6 +4,7 @@ that evaluation, inference, the registry and MONAI Label share. The scorer's nam
 from monai_scrd._lazy import lazy_exports
 
 from .anomaly_map import AnomalyMapGenerator, image_score
+from .fitting import fit_scoring, fit_threshold, volume_threshold
 from .metrics import best_f1_threshold, detection_metrics, pixel_auroc, threshold_metrics
 
 _SCORER = [
@@ -29,6 +30,9 @@ _names, __getattr__, __dir__ = lazy_exports(__name__, {"scorer": _SCORER})
 __all__ = [
     "AnomalyMapGenerator",
     "image_score",
+    "fit_scoring",
+    "fit_threshold",
+    "volume_threshold",
     "best_f1_threshold",
     "detection_metrics",
     "threshold_metrics",

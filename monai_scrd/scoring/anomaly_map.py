@@ -10,7 +10,7 @@ from torch import nn
 
 __all__ = ["AnomalyMapGenerator", "image_score", "top_fraction", "SCALE_WEIGHTINGS"]
 
-SCALE_WEIGHTINGS = ("alpha", "uniform", "max")
+SCALE_WEIGHTINGS = ("alpha", "uniform", "max", "auto")
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -36,7 +36,9 @@ class AnomalyMapGenerator(nn.Module):
         scale_weighting: ``"alpha"`` (the paper: weights from the scale head, all ones without a head),
             ``"uniform"`` (``1 / K`` per scale, ignoring alpha when scoring) or ``"max"`` (per image, all weight on the
             scale whose calibrated image score is highest, i.e. the scale at which the image deviates most from the
-            held-out normals: a test-time, label-free scale choice; meant to be used with :meth:`calibrate`).
+            held-out normals: a test-time, label-free scale choice; meant to be used with :meth:`calibrate`) or
+            ``"auto"`` (the fixed per-scale weights of the ``scale_weights`` buffer, saved with the model: uniform until
+            :func:`~monai_scrd.scoring.fitting.fit_scoring` chooses them on the user's held-out normals).
     """
 
     def __init__(self, sigma: float = 4.0, num_scales: int = 3, scale_weighting: str = "alpha") -> None:
@@ -52,6 +54,12 @@ class AnomalyMapGenerator(nn.Module):
         # saved with the model, so every scorer applies the same calibration
         self.register_buffer("scale_mean", torch.zeros(num_scales))
         self.register_buffer("scale_std", torch.ones(num_scales))
+        self.register_buffer("scale_weights", torch.full((num_scales,), 1.0 / num_scales))
+        self._register_load_state_dict_pre_hook(self._uniform_weights_when_missing)
+
+    def _uniform_weights_when_missing(self, state_dict, prefix, *args) -> None:
+        """Weights saved before ``scale_weights`` existed: the uniform weights those models were scored with."""
+        state_dict.setdefault(prefix + "scale_weights", torch.full_like(self.scale_weights, 1.0 / self.scale_weights.numel()))
 
     @property
     def is_calibrated(self) -> bool:
@@ -91,6 +99,14 @@ class AnomalyMapGenerator(nn.Module):
             for k, (u, v) in enumerate(zip(teacher, student))
         ]
 
+    def scale_maps(self, teacher: list[torch.Tensor], student: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Per-scale maps ``[B, K, H, W]``: each scale's calibrated distance map upsampled to ``image_size`` and
+        smoothed, not weighted. Upsampling and smoothing are linear and keep constants, so the anomaly map of any
+        weights ``w`` is ``sum_k w_k * maps[:, k]``, and a calibration can be re-fitted on these maps without the network
+        (:mod:`monai_scrd.scoring.fitting`)."""
+        dists = [F.interpolate(d, size=image_size, mode="bilinear", align_corners=False) for d in self.scale_distances(teacher, student)]
+        return self.smooth(torch.cat(dists, 1).flatten(0, 1).unsqueeze(1)).view(len(dists[0]), len(dists), *image_size)
+
     def forward(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: torch.Tensor, image_size: tuple[int, int]
     ) -> torch.Tensor:
@@ -98,6 +114,8 @@ class AnomalyMapGenerator(nn.Module):
         dists = self.scale_distances(teacher, student)
         if self.scale_weighting == "uniform":
             alpha = torch.full_like(alpha, 1.0 / alpha.shape[1])
+        elif self.scale_weighting == "auto":
+            alpha = self.scale_weights.to(alpha.dtype).expand_as(alpha)
         elif self.scale_weighting == "max":
             per_scale = torch.stack([d.flatten(1).mean(1) for d in dists], 1)
             alpha = F.one_hot(per_scale.argmax(1), per_scale.shape[1]).to(per_scale.dtype)

@@ -5,8 +5,8 @@ score through :class:`Scorer`, so one file gets the same score, the same decisio
 
 * reading: :func:`~monai_scrd.data.read_medical_image` (DICOM, NIfTI, PNG/JPEG/...; 3D volumes allowed), then the
   preprocessing transforms (grayscale to ``channels`` or RGB by ``color_mode``, resize to ``image_size``, intensity
-  scaling) built once from the bundle's settings (:class:`Preprocessor`), which also refuses a 2D image of the other
-  colour mode than the model was trained in;
+  scaling) built once from the bundle's settings (:class:`Preprocessor`), which also refuses a colour 2D image for a
+  grayscale model (an rgb model takes grayscale images, replicated);
 * 2D images and slice-wise 3D volumes: every non-empty slice is preprocessed like a 2D image, the volume score is the
   ``volume_reduction`` (max) of the slice scores;
 * batching across files and slices, channels-last inputs on the CPU and mixed precision on CUDA;
@@ -48,6 +48,7 @@ from monai_scrd.data.robust import error_message
 from monai_scrd.data.transforms import array_transforms
 from monai_scrd.data.volume import assemble_volume, slice_volume
 from monai_scrd.scoring.anomaly_map import image_score, top_fraction
+from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
 
 __all__ = [
     "MAP_FORMATS",
@@ -239,20 +240,30 @@ def save_map(
     return path
 
 
-def _overlay(result: ScoreResult, path: str, threshold: float | None) -> str:
-    """Heatmap overlay PNG of a scored file (volumes: the slice with the highest score)."""
-    from monai_scrd.scoring.plots import save_heatmap_overlay
+def _overlay(result: ScoreResult, path: str, threshold: float | None,
+             color_range: tuple[float, float] | None = None) -> str:
+    """Heatmap overlay PNG of a scored file (volumes: the slice with the highest score, named in the title as
+    ``slice k of N (highest score)``). ``color_range``: the ``(vmin, vmax)`` shared by a run's overlays (default:
+    :func:`~monai_scrd.scoring.plots.overlay_color_range` of ``threshold``; without a threshold each overlay uses its
+    map's own range)."""
+    from monai_scrd.scoring import plots
 
     img = result.source
     if img is None or result.anomaly_map is None:
         raise ValueError(f"{result.path}: no map kept for an overlay (score with return_maps=True)")
+    where: dict = {}
     if result.kind == "volume":
         k = max(result.slice_scores, key=result.slice_scores.get)
         image, amap = np.take(img.array, k, axis=img.slice_axis), np.take(result.anomaly_map, k, axis=img.slice_axis)
+        where = {"slice_index": int(k), "num_slices": int(img.array.shape[img.slice_axis])}
     else:
         image = img.array[:3].mean(axis=0) if img.array.shape[0] > 1 else img.array[0]
         amap = result.anomaly_map.reshape(image.shape)
-    return save_heatmap_overlay(image, amap, path, score=result.score, threshold=threshold)
+    if color_range is None:
+        color_range = plots.overlay_color_range(threshold)
+    vmin, vmax = color_range if color_range is not None else (None, None)
+    return plots.save_heatmap_overlay(image, amap, path, score=result.score, threshold=threshold, vmin=vmin, vmax=vmax,
+                                      **where)
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -347,12 +358,12 @@ class Preprocessor:
         percentiles: low/high percentiles for ``"percentile"``.
         apply_voi: apply a DICOM VOI LUT / window when the file has one.
         channels: model input channels (grayscale replicated).
-        color_mode: the colour mode the model was trained in, ``"grayscale"`` or ``"rgb"``: a 2D image of the other
-            mode is refused (one line naming the file and both modes, see
-            :func:`~monai_scrd.data.color.check_color_mode`). ``None``: a model trained before colour modes existed,
+        color_mode: the colour mode the model was trained in, ``"grayscale"`` or ``"rgb"``: a colour 2D image is
+            refused by a grayscale model (one line naming the file and both modes, see
+            :func:`~monai_scrd.data.color.check_color_mode`); an rgb model takes any image. ``None``: a model trained before colour modes existed,
             grayscale without a check.
-        refuse_color_mismatch: refuse an image of the other colour mode (scoring with a trained model); False converts
-            it to ``color_mode`` instead (validation during training, where ``color_mode`` may be forced on a mixed set).
+        refuse_color_mismatch: refuse a colour image for a grayscale model (scoring with a trained model); False
+            converts it to ``color_mode`` instead (validation during training, where ``color_mode`` may be forced on a mixed set).
     """
 
     def __init__(
@@ -490,10 +501,13 @@ class Scorer:
         image_size, intensity, percentiles, apply_voi, channels: preprocessing (:class:`Preprocessor`).
         color_mode: the model's colour mode (:class:`Preprocessor`); default: the ``color_mode`` recorded in the
             threshold record (``threshold.json``), else none (grayscale, unchecked: models from before colour modes).
-        refuse_color_mismatch: refuse images of the other colour mode (default), or convert them (:class:`Preprocessor`).
+        refuse_color_mismatch: a grayscale model refuses colour images (default), or converts them (:class:`Preprocessor`).
         score_reduction: anomaly map -> image score, ``"mean"`` (paper), ``"max"`` or ``"top<P>%"`` (the mean of the
-            map's highest P percent, see :func:`~monai_scrd.scoring.image_score`).
-        volume_reduction: slice scores -> volume score, ``"max"`` or ``"mean"``.
+            map's highest P percent, see :func:`~monai_scrd.scoring.image_score`), or ``"auto"``: the reduction that
+            training chose and recorded in the threshold record (``"top5%"`` for a model without one).
+        volume_reduction: slice scores -> volume score, ``"max"`` or ``"mean"``. With ``"max"`` and a threshold
+            record that keeps its validation scores, a volume of ``n`` slices is decided with the threshold for the
+            maximum of ``n`` slice scores (:func:`~monai_scrd.scoring.volume_threshold`).
         threshold: decision threshold (number, threshold JSON file or record; a missing file means none, with a
             warning); ``is_anomaly`` is None without one.
         batch_size: images (2D images and slices together) per forward pass.
@@ -520,15 +534,18 @@ class Scorer:
         amp: bool = True,
         channels_last: bool = True,
     ) -> None:
-        top_fraction(score_reduction)  # raises on an unknown image reduction
         if volume_reduction not in REDUCTIONS:
             raise ValueError(f"volume_reduction {volume_reduction!r} is not 'mean' or 'max'")
         self.network = network
-        self.score_reduction = score_reduction
         self.volume_reduction = volume_reduction
         self.threshold_info = read_threshold(threshold, missing_ok=True)
         if threshold not in (None, "") and self.threshold_info is None:
             logger.warning(f"no threshold file at {threshold}: is_anomaly stays empty (train with validation images first)")
+        if score_reduction == "auto":
+            score_reduction = (self.threshold_info or {}).get("score_reduction") or DEFAULT_SCORING[1]
+        top_fraction(score_reduction)  # raises on an unknown image reduction
+        self.score_reduction = score_reduction
+        self._volume_thresholds: dict[int, float] = {}
         if color_mode is None and self.threshold_info is not None:
             color_mode = self.threshold_info.get("color_mode")
         self.preprocessor = Preprocessor(image_size, intensity, percentiles, apply_voi, channels, color_mode, refuse_color_mismatch)
@@ -586,9 +603,21 @@ class Scorer:
         param = next(self.core.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
-    def decide(self, score: float | None) -> bool | None:
-        """``score >= threshold`` (None without a score or a threshold)."""
-        thr = self.threshold
+    def threshold_for(self, n_slices: int = 1) -> float | None:
+        """The threshold of an image (``n_slices`` 1) or of a volume's maximum over ``n_slices`` slice scores."""
+        record = self.threshold_info or {}
+        scores = record.get("validation_scores")
+        if self.threshold is None or n_slices <= 1 or self.volume_reduction != "max" or not scores or len(scores) < 2:
+            return self.threshold
+        if n_slices not in self._volume_thresholds:
+            percentile = float(record.get("percentile", 95.0))
+            self._volume_thresholds[n_slices] = max(self.threshold, volume_threshold(scores, percentile, n_slices))
+        return self._volume_thresholds[n_slices]
+
+    def decide(self, score: float | None, n_slices: int = 1) -> bool | None:
+        """``score >= threshold`` (None without a score or a threshold); ``n_slices``: of a volume (see
+        :meth:`threshold_for`)."""
+        thr = self.threshold_for(n_slices)
         return None if (score is None or thr is None) else bool(score >= thr)
 
     def prepare(self, item: Any, keep_source: bool = False) -> Prepared:
@@ -636,7 +665,7 @@ class Scorer:
         if not math.isfinite(res.score):
             res.score, res.error = None, f"{p.path}: the model returned a non-finite anomaly score"
             return res
-        res.is_anomaly = self.decide(res.score)
+        res.is_anomaly = self.decide(res.score, len(values) if p.kind == "volume" else 1)
         if maps is not None and p.source is not None:
             img = p.source
             res.affine = np.asarray(img.affine)
@@ -718,7 +747,7 @@ class ScoreWriter:
         maps: ``"none"``, ``"nifti"`` (``maps/<name>_anomaly_map.nii.gz`` for NIfTI inputs and volumes, with the
             input's affine) or ``"all"`` (every input).
         overlays: write ``heatmaps/<name>.png``.
-        threshold: shown in the overlays.
+        threshold: shown in the overlays, and the anchor of their one colour scale (:attr:`overlay_range`).
         errors: the :class:`ErrorCollector` (default: a new one writing ``output_dir/errors.csv``).
     """
 
@@ -738,6 +767,10 @@ class ScoreWriter:
         self.maps = maps
         self.overlays = overlays
         self.threshold = threshold
+        from monai_scrd.scoring.plots import overlay_color_range
+
+        # the (vmin, vmax) of every overlay of this run, so their colours compare (None: each its own map's range)
+        self.overlay_range = overlay_color_range(threshold)
         self.errors = errors if errors is not None else ErrorCollector(os.path.join(self.output_dir, "errors.csv"))
         if self.errors.errors_csv is None:
             self.errors.errors_csv = os.path.join(self.output_dir, "errors.csv")
@@ -775,7 +808,8 @@ class ScoreWriter:
                     row["anomaly_map"] = save_map(result.anomaly_map, os.path.join(self.output_dir, "maps", f"{name}_anomaly_map.nii.gz"),
                                                   result.affine, header)
                 if self.overlays:
-                    row["heatmap"] = _overlay(result, os.path.join(self.output_dir, "heatmaps", f"{name}.png"), self.threshold)
+                    row["heatmap"] = _overlay(result, os.path.join(self.output_dir, "heatmaps", f"{name}.png"), self.threshold,
+                                              self.overlay_range)
         except Exception as e:  # noqa: BLE001 - e.g. a full disk: the file's outputs failed, the job goes on
             self.errors.add(result.path, f"{result.path}: could not write its outputs ({type(e).__name__}: {e})")
             return None

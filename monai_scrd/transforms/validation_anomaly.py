@@ -6,7 +6,9 @@ and local changes of a normal image, each with its known region:
 
 - ``"blob"``: an elliptical brightening or darkening with a Gaussian profile (a mass, an oedema, a lesion);
 - ``"blur"``: a local Gaussian blur (loss of texture, e.g. partial-volume or motion);
-- ``"contrast"``: a local contrast increase or decrease around the region's mean intensity.
+- ``"contrast"``: a local contrast increase or decrease around the region's mean intensity;
+- ``"patch"``: a region of *another* normal image (a donor) blended in at another place, as in natural synthetic
+  anomalies and foreign-patch interpolation: real tissue of the user's own data, in the wrong place.
 
 Each is drawn at several sizes (the ellipse's major axis as a fraction of the image side, 1/16, 1/8 and 1/4 by
 default). :func:`synthetic_validation_set` turns held-out normal images into a fixed validation set (normals plus
@@ -31,14 +33,22 @@ from torchvision.transforms.functional import gaussian_blur
 __all__ = [
     "ANOMALY_FAMILIES",
     "ANOMALY_SIZES",
+    "LOCAL_FAMILIES",
+    "SCORING_FAMILIES",
+    "SCORING_SIZES",
     "RandValidationAnomaly",
     "RandValidationAnomalyd",
     "SyntheticValidationSet",
     "synthetic_validation_set",
 ]
 
-ANOMALY_FAMILIES = ("blob", "blur", "contrast")
+ANOMALY_FAMILIES = ("blob", "blur", "contrast", "patch")
+LOCAL_FAMILIES = ANOMALY_FAMILIES[:3]  # made from the image alone (the default)
 ANOMALY_SIZES = (1 / 16, 1 / 8, 1 / 4)
+# the set that chooses the scoring at the end of training (monai_scrd.scoring.fitting): foreign patches from the
+# user's own normals, from a small lesion to a quarter of the image and more (diffuse change)
+SCORING_FAMILIES = ("patch",)
+SCORING_SIZES = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 
 
 def _elliptical_radius(shape: Sequence[int], center: Sequence[float], semi_axes: Sequence[float], angle: float) -> torch.Tensor:
@@ -81,6 +91,8 @@ class RandValidationAnomaly(RandomizableTransform):
       major axis, ``w`` a flat-top window (1 in the inner half, raised cosine to 0 on the ellipse);
     - ``"contrast"``: ``x + w * (k - 1) * (x - m)``, ``m`` the region's (window-weighted) mean per channel, ``k`` in
       ``contrast_gain`` or its inverse (lower or higher contrast, equally likely);
+    - ``"patch"``: ``x + L * w * (d - x)``, ``d`` a donor image (one of ``donors``) shifted so that a random
+      foreground point of it lands on the centre, ``L`` in ``patch_blend``;
 
     and clipped to [0, 1] (pixels outside the ellipse are never changed). The mask marks the pixels the anomaly
     actually changed, by more than ``min_change`` on some channel: a blur of a flat area or a darkening of a black
@@ -101,6 +113,9 @@ class RandValidationAnomaly(RandomizableTransform):
         min_change: smallest absolute change (on some channel) for a pixel to be marked in the mask.
         min_mask_fraction: redraw when fewer than this fraction of the ellipse's pixels are marked.
         max_tries: draws per call at most.
+        patch_blend: range of the donor's weight ``L`` in the ``"patch"`` family.
+        donors: ``[D, C, H, W]`` normal images of the input's shape, the donors of the ``"patch"`` family (a donor
+            identical to the input changes nothing, and the region is drawn again).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -108,7 +123,7 @@ class RandValidationAnomaly(RandomizableTransform):
     def __init__(
         self,
         prob: float = 1.0,
-        families: Sequence[str] = ANOMALY_FAMILIES,
+        families: Sequence[str] = LOCAL_FAMILIES,
         sizes: Sequence[float] = ANOMALY_SIZES,
         aspect: tuple[float, float] = (0.5, 1.0),
         blob_amplitude: tuple[float, float] = (0.1, 0.3),
@@ -118,6 +133,8 @@ class RandValidationAnomaly(RandomizableTransform):
         min_change: float = 0.02,
         min_mask_fraction: float = 0.25,
         max_tries: int = 10,
+        patch_blend: tuple[float, float] = (0.5, 1.0),
+        donors: NdarrayOrTensor | None = None,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         self.families = tuple(ensure_tuple(families))
@@ -132,6 +149,7 @@ class RandValidationAnomaly(RandomizableTransform):
             ("blob_amplitude", blob_amplitude, 1.0),
             ("blur_sigma", blur_sigma, math.inf),
             ("contrast_gain", contrast_gain, 1.0),
+            ("patch_blend", patch_blend, 1.0),
         ):
             if not 0.0 < low <= high <= top:
                 raise ValueError(f"{name} must be a range (low, high) with 0 < low <= high <= {top}, got {(low, high)}")
@@ -143,6 +161,10 @@ class RandValidationAnomaly(RandomizableTransform):
         self.min_change = float(min_change)
         self.min_mask_fraction = float(min_mask_fraction)
         self.max_tries = max(1, int(max_tries))
+        self.patch_blend = (float(patch_blend[0]), float(patch_blend[1]))
+        self.donors = None if donors is None else convert_to_tensor(donors, dtype=torch.float32, track_meta=False, device="cpu")
+        if "patch" in self.families and (self.donors is None or self.donors.ndim != 4 or self.donors.shape[0] == 0):
+            raise ValueError("the 'patch' family needs donors: a non-empty [D, C, H, W] batch of normal images")
         self.params: dict | None = None
 
     def _draw(self, img: torch.Tensor) -> dict:
@@ -163,6 +185,12 @@ class RandValidationAnomaly(RandomizableTransform):
             params["amplitude"] = (1.0 if self.R.rand() < 0.5 else -1.0) * self.R.uniform(*self.blob_amplitude)
         elif family == "blur":
             params["sigma"] = max(1.0, self.R.uniform(*self.blur_sigma) * 2.0 * semi_major)
+        elif family == "patch":
+            donor = int(self.R.randint(len(self.donors)))
+            spots = torch.nonzero(self.donors[donor].mean(dim=0) > self.foreground_threshold)
+            spot = [float(v) for v in spots[self.R.randint(len(spots))]] if len(spots) else center
+            params.update(donor=donor, shift=[int(round(c - d)) for c, d in zip(center, spot)],
+                          blend=self.R.uniform(*self.patch_blend))
         else:
             gain = self.R.uniform(*self.contrast_gain)
             params["gain"] = gain if self.R.rand() < 0.5 else 1.0 / gain
@@ -195,7 +223,13 @@ class RandValidationAnomaly(RandomizableTransform):
             out = x + params["amplitude"] * _gaussian_profile(rho)
         else:
             window = _flat_top_window(rho)
-            if family == "blur":
+            if family == "patch":
+                donor = self.donors[params["donor"]].to(x.device)
+                if donor.shape != x.shape:
+                    raise ValueError(f"patch donors must have the image's shape {tuple(x.shape)}, got {tuple(donor.shape)}")
+                shifted = torch.roll(donor, shifts=params["shift"], dims=(1, 2))
+                out = x + params["blend"] * window * (shifted - x)
+            elif family == "blur":
                 sigma = params["sigma"]
                 radius = min(int(math.ceil(3.0 * sigma)), min(x.shape[1:]) - 1)  # reflect padding needs radius < side
                 blurred = gaussian_blur(x, [2 * radius + 1, 2 * radius + 1], [sigma, sigma])
@@ -241,7 +275,7 @@ class RandValidationAnomalyd(RandomizableTransform, MapTransform):
         output_keys: explicit output keys, one per key.
         mask_key: key of the mask ``(1, H, W)``.
         families, sizes, aspect, blob_amplitude, blur_sigma, contrast_gain, foreground_threshold, min_change,
-            min_mask_fraction, max_tries: see :py:class:`RandValidationAnomaly`.
+            min_mask_fraction, max_tries, patch_blend, donors: see :py:class:`RandValidationAnomaly`.
         allow_missing_keys: don't raise exception if key is missing.
     """
 
@@ -254,7 +288,7 @@ class RandValidationAnomalyd(RandomizableTransform, MapTransform):
         output_postfix: str = "_anomaly",
         output_keys: KeysCollection | None = None,
         mask_key: str = "anomaly_mask",
-        families: Sequence[str] = ANOMALY_FAMILIES,
+        families: Sequence[str] = LOCAL_FAMILIES,
         sizes: Sequence[float] = ANOMALY_SIZES,
         aspect: tuple[float, float] = (0.5, 1.0),
         blob_amplitude: tuple[float, float] = (0.1, 0.3),
@@ -264,6 +298,8 @@ class RandValidationAnomalyd(RandomizableTransform, MapTransform):
         min_change: float = 0.02,
         min_mask_fraction: float = 0.25,
         max_tries: int = 10,
+        patch_blend: tuple[float, float] = (0.5, 1.0),
+        donors: NdarrayOrTensor | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -288,6 +324,8 @@ class RandValidationAnomalyd(RandomizableTransform, MapTransform):
             min_change=min_change,
             min_mask_fraction=min_mask_fraction,
             max_tries=max_tries,
+            patch_blend=patch_blend,
+            donors=donors,
         )
 
     def set_random_state(
@@ -364,7 +402,7 @@ def synthetic_validation_set(
     normals: NdarrayOrTensor | Sequence[NdarrayOrTensor],
     seed: int = 0,
     anomalies_per_normal: int = 3,
-    families: Sequence[str] = ANOMALY_FAMILIES,
+    families: Sequence[str] = LOCAL_FAMILIES,
     sizes: Sequence[float] = ANOMALY_SIZES,
     **anomaly_args,
 ) -> SyntheticValidationSet:
@@ -400,6 +438,8 @@ def synthetic_validation_set(
     combos = [(families[j % len(families)], sizes[(j // len(families)) % len(sizes)]) for j in range(len(families) * len(sizes))]
     state = np.random.RandomState(seed)
     makers = {}
+    if "patch" in families:
+        anomaly_args.setdefault("donors", images)  # foreign patches from the other normals of the set
     for family, size in combos:
         makers[(family, size)] = RandValidationAnomaly(families=(family,), sizes=(size,), **anomaly_args)
         makers[(family, size)].set_random_state(state=state)  # one shared stream: the order of draws fixes the set
