@@ -9,7 +9,8 @@ Per seed, in ``<runs-dir>/<name>/seed<S>/``:
    nothing left to train, so only the end of training runs with this checkout's code (model selection, the scoring
    fit, ``model.pt`` and ``threshold.json``), exactly as at the end of a fresh run;
 3. ``python -m monai.bundle run evaluating ... --model_dir RUN/models --eval_dir RUN/eval``;
-4. ``scoring_choice.evaluate_model`` on ``RUN/models`` (every candidate scoring's synthetic and test AUROC).
+4. ``scoring_choice.evaluate_model`` on ``RUN/models`` (every candidate scoring's synthetic and test AUROC; skipped
+   with ``--no-choice``).
 
 Writes ``<out-dir>/<name>/seed<S>.json`` (commands, wall times, metrics.json, threshold.json without its score list,
 the scoring-choice record). ``--report`` prints the markdown table of RESULTS.md. Test labels are only reported.
@@ -72,8 +73,9 @@ def one_seed(args, seed: int) -> dict:
     threshold = json.loads((run_dir / "models" / "threshold.json").read_text())
     threshold.pop("validation_scores", None)
     record["threshold"] = threshold
-    lists = scoring_choice.load_lists(args.datalist, allow_absolute=True)
-    record["scoring_choice"] = scoring_choice.evaluate_model(run_dir / "models", lists)
+    if args.choice:
+        lists = scoring_choice.load_lists(args.datalist, allow_absolute=True)
+        record["scoring_choice"] = scoring_choice.evaluate_model(run_dir / "models", lists)
     record["commands"] = {k: " ".join(["python", *v[1:]]).replace(str(C.REPO) + "/", "") for k, v in record["commands"].items()}
     record["machine"] = C.machine_info()
     C.write_json(args.out_dir / args.name / f"seed{seed}.json", record)
@@ -97,7 +99,7 @@ def report(out_dir: Path) -> str:
         if not runs:
             continue
         stored = [r["metrics"].get("stored_threshold", {}) for r in runs]
-        sc = [r["scoring_choice"] for r in runs]
+        sc = [r["scoring_choice"] for r in runs if "scoring_choice" in r]
         lines.append(
             f"| {folder.name} | {', '.join(str(r['seed']) for r in runs)} | "
             f"{'; '.join(r['threshold'].get('scales', '-') + ' / ' + r['threshold'].get('score_reduction', '-') for r in runs)} | "
@@ -117,6 +119,7 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("/tmp/scrd_bundle_runs"))
     p.add_argument("--out-dir", type=Path, default=C.RESULTS_DIR / "bundle_auto")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--no-choice", dest="choice", action="store_false", help="skip step 4 (scoring_choice)")
     p.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. --max_iterations 1000")
     args = p.parse_args(argv)
     if args.report:
