@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from quality_report import ms  # noqa: E402
 import scoring_choice  # noqa: E402
 
 CONFIGS = C.REPO / "bundles" / "scrd" / "configs"
@@ -87,10 +88,6 @@ def one_seed(args, seed: int) -> dict:
 
 
 def report(out_dir: Path) -> str:
-    def ms(values, scale=100.0):
-        values = [v for v in values if v is not None]
-        return f"{scale * np.mean(values):.2f} ± {scale * np.std(values):.2f}" if values else "-"
-
     lines = ["| run | seeds | scoring chosen (per seed) | AUROC | F1 (stored thr.) | FPR on test normals (nominal 5) | "
              "previous default: AUROC | previous default: FPR | fixed default, new fit: AUROC | fixed default: FPR |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -568,10 +568,12 @@ stored (95th percentile of the held-out normals), mean ± std over seeds. The tr
 sessions' machines (2 shared cores each, with other work on some of them) and compare only roughly.
 
 {bundle}
-## Scoring choices on the bundle's trained models (no retraining)
+## Scoring choices on the bundle's trained models (no retraining; the earlier record)
 
-`python benchmarks/scoring_ablation.py --datalist <the prepared datalist> --allow-absolute --models <model folders kept
-by bundle_sample.py --keep-models>`: the same trained weights scored with each per-scale-calibrated scale combination
+Written by `python benchmarks/scoring_ablation.py --datalist <the prepared datalist> --allow-absolute --models <model
+folders kept by bundle_sample.py --keep-models>` at commit a89ced2 (`git show a89ced2:benchmarks/scoring_ablation.py`;
+`benchmarks/scoring_choice.py` replaces it, see the section on defaults chosen on the user's normals), on models of
+the scoring shipped then: the same trained weights scored with each per-scale-calibrated scale combination
 (`max of z`: per image the scale whose mean z is highest; `mean of z`: the average of the calibrated maps; one scale
 alone) and each image reduction of the map (`mean`, `max`, `top<q>`: the mean of the highest fraction q of the map).
 Thresholds are the 95th percentile of the validation normals' scores under the same scoring. The synthetic-validation

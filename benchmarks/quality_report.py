@@ -332,7 +332,7 @@ def default_vs_baseline(rows: dict, labels: dict, default_row: str, weighting: s
 
 
 def ablation_table(results_dir: Path) -> str:
-    """Scoring choices on the bundle's trained models (``scoring_ablation.py``): per model configuration, each scale
+    """Scoring choices on the bundle's trained models (``scoring_ablation.py`` of commit a89ced2): per model configuration, each scale
     combination x image reduction with test AUROC, F1 at the label-free threshold and synthetic-validation AUROC."""
     files = sorted((results_dir / "scoring_ablation").glob("*/*.json"))
     if not files:

@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from quality_report import ms  # noqa: E402
 
 from monai_scrd.data import load_datalist  # noqa: E402
 from monai_scrd.registry.spec import scorer_from_bundle  # noqa: E402
@@ -129,9 +130,6 @@ def load_lists(datalist: str, allow_absolute: bool = False) -> dict:
 
 def report(out_dir: Path) -> str:
     """The Spearman and choice table from ``bundle_runs.py`` records (``<out-dir>/<name>/seed<S>.json``)."""
-    def ms(values):
-        return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
-
     lines = ["| run | seeds | Spearman, foreign patches (per seed) | Spearman, blob/blur/contrast | auto: AUROC | "
              "fixed default: AUROC | best in hindsight: AUROC | auto - best |", "|---|---|---|---|---|---|---|---|"]
     for folder in sorted(p for p in out_dir.iterdir() if p.is_dir()):
