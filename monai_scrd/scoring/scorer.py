@@ -360,10 +360,11 @@ class Preprocessor:
         channels: model input channels (grayscale replicated).
         color_mode: the colour mode the model was trained in, ``"grayscale"`` or ``"rgb"``: a colour 2D image is
             refused by a grayscale model (one line naming the file and both modes, see
-            :func:`~monai_scrd.data.color.check_color_mode`); an rgb model takes any image. ``None``: a model trained before colour modes existed,
-            grayscale without a check.
+            :func:`~monai_scrd.data.color.check_color_mode`); an rgb model takes any image. ``None``: a model trained
+            before colour modes existed, grayscale without a check.
         refuse_color_mismatch: refuse a colour image for a grayscale model (scoring with a trained model); False
-            converts it to ``color_mode`` instead (validation during training, where ``color_mode`` may be forced on a mixed set).
+            converts it to ``color_mode`` instead (validation during training, where ``color_mode`` may be forced on
+            a mixed set).
     """
 
     def __init__(
