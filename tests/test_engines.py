@@ -271,7 +271,9 @@ def test_evaluator_over_the_scorer_and_score_collector(tmp_path):
     ev = SupervisedEvaluator(device="cpu", val_data_loader=loader, network=net, iteration_update=SCRDEvalStep(scorer),
                              val_handlers=[collector], decollate=False)
     ev.run()
-    assert {"auroc", "average_precision", "f1", "accuracy"} <= set(ev.state.metrics)
+    assert {"auroc", "average_precision", "best_f1_on_test_labels_f1", "stored_threshold_f1",
+            "stored_threshold_false_positive_rate"} <= set(ev.state.metrics)
+    assert "f1" not in ev.state.metrics  # a figure fitted on the test labels is named as such
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n_errors"] == 1 and metrics["n_scored"] == 4 and "stored_threshold" in metrics
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))

@@ -185,8 +185,12 @@ class ScoreCollector:
                 if self.errors is not None:
                     self.errors.add(r["path"], r["error"])
         self.files += [write_json(os.path.join(out_dir, "metrics.json"), metrics), writer.scores_csv, writer.errors.errors_csv]
+        # what the console (StatsHandler) and MLflow show: the label-free operating point under its own name, the
+        # best-F1 figures under a name that says they use the test labels
+        label_free = {f"stored_threshold_{k}": v for k, v in (metrics.get("stored_threshold") or {}).items()}
+        uses_labels = ("threshold", "f1", "accuracy", "precision", "recall", "false_positive_rate")
         engine.state.metrics.update(
-            {k: v for k, v in metrics.items()
+            {(f"best_f1_on_test_labels_{k}" if k in uses_labels else k): v for k, v in {**metrics, **label_free}.items()
              if k not in self.extra_info and isinstance(v, (int, float)) and not isinstance(v, bool)}
         )
         engine.state.scrd_artifacts = list(self.files)
