@@ -63,13 +63,15 @@ def one_seed(args, seed: int) -> dict:
     elif (run_dir / "done").is_file():  # trained earlier (e.g. by an older commit's checkout)
         record["train_wall_s"] = json.loads((run_dir / "done").read_text()).get("wall_s")
         record["trained_earlier"] = json.loads((run_dir / "done").read_text())
-    cmd = [*bundle, "training", "--config_file", train, *common, "--model_dir", str(run_dir / "models"), "--resume_from", str(final)]
-    record["fit_wall_s"] = run(cmd, run_dir / "fit.log")
-    record["commands"]["fit"] = cmd
-    cmd = [*bundle, "evaluating", "--config_file", evaluate, *common, "--model_dir", str(run_dir / "models"),
-           "--eval_dir", str(run_dir / "eval")]
-    record["eval_wall_s"] = run(cmd, run_dir / "eval.log")
-    record["commands"]["evaluate"] = cmd
+    fit = [*bundle, "training", "--config_file", train, *common, "--model_dir", str(run_dir / "models"), "--resume_from", str(final)]
+    evaluation = [*bundle, "evaluating", "--config_file", evaluate, *common, "--model_dir", str(run_dir / "models"),
+                  "--eval_dir", str(run_dir / "eval")]
+    record["commands"].update(fit=fit, evaluate=evaluation)
+    if args.reuse and (run_dir / "eval" / "metrics.json").is_file():  # steps 2-3 done by an earlier call
+        record["reused"] = "fit and evaluation outputs of an earlier call (the same commands)"
+    else:
+        record["fit_wall_s"] = run(fit, run_dir / "fit.log")
+        record["eval_wall_s"] = run(evaluation, run_dir / "eval.log")
     record["metrics"] = json.loads((run_dir / "eval" / "metrics.json").read_text())
     threshold = json.loads((run_dir / "models" / "threshold.json").read_text())
     threshold.pop("validation_scores", None)
@@ -116,6 +118,7 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("/tmp/scrd_bundle_runs"))
     p.add_argument("--out-dir", type=Path, default=C.RESULTS_DIR / "bundle_auto")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="keep the fit and evaluation outputs an earlier call left")
     p.add_argument("--no-choice", dest="choice", action="store_false", help="skip step 4 (scoring_choice)")
     p.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. --max_iterations 1000")
     args = p.parse_args(argv)

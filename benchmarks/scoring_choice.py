@@ -123,8 +123,10 @@ def load_lists(datalist: str, allow_absolute: bool = False) -> dict:
     """The datalist's test list and the validation normals the bundle uses (its own hold-out when it has none)."""
     from monai_scrd.engines import validation_items
 
+    with open(C.REPO / "bundles" / "scrd" / "configs" / "train.json") as f:
+        fraction = json.load(f)["validation_fraction"]
     lists = load_datalist(datalist, allow_absolute=allow_absolute, require=("test",))
-    lists["validation"] = validation_items(datalist, allow_absolute=allow_absolute)
+    lists["validation"] = validation_items(datalist, allow_absolute=allow_absolute, validation_fraction=fraction)
     return lists
 
 
