@@ -6,17 +6,18 @@ it recorded (the network's buffers and ``threshold.json``).
 * **Calibration of the scored statistic.** For an image reduction ``r`` (mean, top P%), scale ``k``'s map is
   standardised with the mean and std over normals of ``r`` applied to that scale's own map, so the per-scale terms of
   the score are z-scores of exactly what is scored.
-* **Choice without labels.** Each candidate (a set of scales, an image reduction) is scored on the held-out normals
-  and on synthetic anomalies made from them (foreign patches from other normals,
+* **Choice without labels** (``auto``, opt-in in the bundle). Each candidate (a set of scales, an image reduction)
+  is scored on the held-out normals and on synthetic anomalies made from them (foreign patches from other normals,
   :data:`~monai_scrd.transforms.validation_anomaly.SCORING_FAMILIES`); the candidate with the highest synthetic
-  AUROC is kept (ties: the fixed default, all scales with the top 5%).
+  AUROC is kept (ties: the fixed default, all scales with the top 5%). On brain MRI this ranking follows the real
+  tumours'; on chest X-ray pneumonia it does not (``benchmarks/RESULTS.md``), hence opt-in.
 * **Disjoint fitting.** The normals are split into ``folds``; each fold's scores (and those of the anomalies made
   from it) use a calibration fitted on the other folds. The AUROCs and the threshold use these out-of-fold scores, so
   no normal is scored with a calibration fitted on itself; the saved calibration uses all normals.
 * **Threshold.** The ``percentile`` of the out-of-fold normal scores, with the ``(n + 1) p`` order statistic
   (numpy's ``"weibull"`` method), whose expected false-positive rate on new normals is the nominal one; numpy's default
-  interpolation sits below it and flagged about one point more. A volume scored as the maximum of ``n`` slice scores
-  gets the threshold that flags the nominal share of all-normal volumes when slices are independent
+  interpolation sits below it and flags more new normals than nominal. A volume scored as the maximum of ``n`` slice
+  scores gets the threshold that flags the nominal share of all-normal volumes when slices are independent
   (:func:`volume_threshold`).
 """
 
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 CANDIDATE_REDUCTIONS = ("mean", "top20%", "top5%", "top1%")
-DEFAULT_SCORING = ("all scales", "top5%")  # the fixed default before auto; wins ties
+DEFAULT_SCORING = ("all scales", "top5%")  # the bundle's default; wins auto's ties
 
 
 def fit_threshold(scores: Sequence[float], percentile: float = 95.0) -> float:
