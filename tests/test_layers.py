@@ -63,7 +63,9 @@ def test_one_scorer_one_threshold_reader_one_error_collector_one_map_writer():
                 name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
                 if name == "image_score":
                     image_score_callers.add(rel)
-    assert image_score_callers == {os_path("scoring/scorer.py")}, image_score_callers  # nothing else scores
+    # the scorer applies the scoring, the fitting module fits it on normals (calibration, choice, threshold): nothing
+    # else reduces maps to scores
+    assert image_score_callers == {os_path("scoring/scorer.py"), os_path("scoring/fitting.py")}, image_score_callers
     for name in ("Scorer", "read_threshold", "ErrorCollector", "save_map", "ScoreWriter", "write_csv", "write_json"):
         assert defined.get(name) == [os_path("scoring/scorer.py")], (name, defined.get(name))
     gone = ("SCRDScorer", "score_files", "score_volume", "score_slices", "load_threshold", "save_map_nifti", "safe_load",
