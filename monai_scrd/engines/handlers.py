@@ -81,9 +81,11 @@ class ScoreCollector:
     ``mode="test"`` (labelled test list): computes AUROC / AP and, with a stored threshold (fitted on validation
     normals: the label-free operating point, which the log line leads with), F1 / recall / FPR at that threshold
     (``stored_threshold``); ``f1`` / ``accuracy`` / ``threshold`` at the best-F1 threshold (``detection_metrics``, the
-    paper's protocol) are fitted on the test labels, for comparison with papers only (``threshold_source`` says so); writes ``metrics.json``, ``scores.csv`` (the scorer's
-    decision in ``is_anomaly``), ``roc_curve.png``, ``score_histogram.png`` and ``errors.csv`` into ``output_dir``,
-    adds the unreadable files to ``errors`` and puts the metrics into ``engine.state.metrics``.
+    paper's protocol) are fitted on the test labels, for comparison with papers only (``threshold_source`` says so).
+    Writes ``metrics.json``, ``scores.csv`` (the scorer's decision in ``is_anomaly``), ``roc_curve.png``,
+    ``score_histogram.png`` and ``errors.csv`` into ``output_dir``, adds the unreadable files to ``errors`` and puts
+    the metrics into ``engine.state.metrics`` (``stored_threshold_*``, and ``best_f1_on_test_labels_*`` for the
+    figures fitted on the labels).
 
     Args:
         mode: ``"validation"`` or ``"test"``.
