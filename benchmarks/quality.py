@@ -476,7 +476,8 @@ The exact scripts and `prepare` lines: `results/bundle_auto/commands/`.
   bundle's own commands at HEAD (seed 0), which reproduce those columns.
 - "previous default" columns: the scoring shipped before (calibration of whole-map means, all scales, top 5%, numpy's
   default 95th percentile of the same normals that were calibrated on).
-- `*_rd4ad` rows: trained with `--contrastive false --scale_adaptive false` (1 seed), scored the same ways.
+- `*_rd4ad` rows: trained with `--contrastive false --scale_adaptive false`, scored the same ways (brain, seed 0 only:
+  the session ran out of time for the other seeds and for chest).
 - FPR: the share of the test normals flagged at the stored threshold (nominal 5).
 
 The second table ranks the 24 candidate scorings by their synthetic AUROC and by their real test AUROC (Spearman),

@@ -18,6 +18,8 @@ for s in 0 1 2; do
   run brain_default /tmp/exp/bt.json 1000 $s
   run chest_default /tmp/exp/cx.json 1500 $s
 done
+# RD4AD: seeds 1 and 2 were marked done (skipped) before they started, and chest RD4AD seed 0 was stopped at iteration
+# 190, all for lack of session time: only brain_rd4ad seed 0 was trained
 for s in 0 1 2; do
   run brain_rd4ad /tmp/exp/bt.json 1000 $s --contrastive false --scale_adaptive false
   run chest_rd4ad /tmp/exp/cx.json 1500 $s --contrastive false --scale_adaptive false
