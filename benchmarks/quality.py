@@ -473,7 +473,7 @@ The exact scripts and `prepare` lines: `results/bundle_auto/commands/`.
   foreign-patch anomalies made from them, cross-fitted 95th-percentile threshold (order statistic).
 - "fixed default" columns: all scales with the top 5% under the same calibration and threshold rules, computed by
   `scoring_choice.py` with the same fitting code on the same normals; `*_fixed` rows are that scoring through the
-  bundle's own commands at HEAD (seed 0), which reproduce those columns.
+  bundle's own commands at commit 69a8d20, where it is the default (seed 0), which reproduce those columns.
 - "previous default" columns: the scoring shipped before (calibration of whole-map means, all scales, top 5%, numpy's
   default 95th percentile of the same normals that were calibrated on).
 - `*_rd4ad` rows: trained with `--contrastive false --scale_adaptive false`, scored the same ways (brain, seed 0 only:

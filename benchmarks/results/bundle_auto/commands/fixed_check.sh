@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fixed default scoring (HEAD's defaults) through the bundle on the seed-0 models: fit + evaluate + scoring choice.
+# The fixed default scoring through the bundle on the seed-0 models (fit + evaluate), at commit 69a8d20 in /tmp/wt_head.
 . /work/main/.venv/bin/activate
 cd /tmp/wt_head
 export PYTHONPATH=/tmp/wt_head
