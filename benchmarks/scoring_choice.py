@@ -33,13 +33,13 @@ from quality_report import ms  # noqa: E402
 
 from monai_scrd.data import load_datalist  # noqa: E402
 from monai_scrd.registry.spec import scorer_from_bundle  # noqa: E402
-from monai_scrd.scoring import image_score  # noqa: E402
 from monai_scrd.scoring.fitting import (  # noqa: E402
     DEFAULT_SCORING,
+    calibration,
     candidate_weightings,
+    combined_scores,
     fit_scoring,
     network_scale_maps,
-    scale_statistics,
 )
 from monai_scrd.scoring.metrics import threshold_metrics  # noqa: E402
 from monai_scrd.transforms.validation_anomaly import (  # noqa: E402
@@ -51,9 +51,9 @@ from monai_scrd.transforms.validation_anomaly import (  # noqa: E402
 
 
 def _scores(maps: torch.Tensor, weights, mean, std, reduction: str) -> np.ndarray:
-    w = torch.tensor(weights, dtype=torch.float32).view(1, -1, 1, 1)
-    z = ((maps.float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1) * w).sum(1, keepdim=True)
-    return image_score(z, reduction).numpy().astype(float)
+    """The fitting module's image scores of calibrated maps (``combined_scores``) as float64 numpy."""
+    w = torch.tensor(weights, dtype=torch.float32)
+    return combined_scores(maps, w, torch.as_tensor(mean), torch.as_tensor(std), reduction).numpy().astype(float)
 
 
 def evaluate_model(model_dir: Path, lists: dict, seed: int = 0) -> dict:
@@ -84,8 +84,7 @@ def evaluate_model(model_dir: Path, lists: dict, seed: int = 0) -> dict:
     weightings = candidate_weightings(val_maps.shape[1])
     candidates = []
     for c in fit.candidates:
-        stats = scale_statistics(val_maps, c["reduction"])
-        test_scores = _scores(test_maps, weightings[c["scales"]], stats.mean(0), stats.std(0), c["reduction"])
+        test_scores = _scores(test_maps, weightings[c["scales"]], *calibration(val_maps, c["reduction"]), c["reduction"])
         candidates.append({**c, "synthetic_auroc_local": local_auroc[(c["scales"], c["reduction"])],
                            "test_auroc": float(roc_auc_score(labels, test_scores))})
 

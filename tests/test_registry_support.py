@@ -88,12 +88,12 @@ def running_server(cmd: list[str], ready_url: str, log_path, *, cwd, env: dict, 
 def bundle_scoring() -> tuple[str, str]:
     """The repository bundle's ``(scale_weighting, score_reduction)`` (inference.json), so that the test networks
     and reference scores follow the shipped scoring."""
-    from monai_scrd.scoring.fitting import DEFAULT_SCORING
+    from monai_scrd.scoring.scorer import resolve_score_reduction
 
     with open(os.path.join(BUNDLE, "configs", "inference.json")) as f:
         cfg = json.load(f)
-    reduction = cfg["score_reduction"]  # "auto": what the threshold record names, here the fixed default
-    return cfg["scale_weighting"], DEFAULT_SCORING[1] if reduction == "auto" else reduction
+    # "auto": what the threshold record names; the test's record is written with the fixed default
+    return cfg["scale_weighting"], resolve_score_reduction(cfg["score_reduction"], None)
 
 
 def _write_configs(bundle_dir: str) -> None:

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from monai_scrd.scoring.anomaly_map import top_fraction
-from monai_scrd.scoring.fitting import DEFAULT_SCORING
-from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, Scorer, json_safe, read_threshold
+from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, Scorer, json_safe, read_threshold, resolve_score_reduction
 
 __all__ = [
     "SPEC_FILE",
@@ -122,8 +121,7 @@ class ModelSpec:
     def validate(self) -> None:
         if self.threshold is not None:
             self.threshold = read_threshold(self.threshold)
-        if self.score_reduction == "auto":  # the reduction training chose and recorded (the default without a record)
-            self.score_reduction = str((self.threshold or {}).get("score_reduction") or DEFAULT_SCORING[1])
+        self.score_reduction = resolve_score_reduction(self.score_reduction, self.threshold)
         top_fraction(self.score_reduction)  # raises on an unknown image reduction
         if self.volume_reduction not in ("mean", "max"):
             raise ValueError(f"volume_reduction {self.volume_reduction!r} is not 'mean' or 'max'")

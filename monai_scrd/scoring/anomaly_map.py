@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AnomalyMapGenerator", "image_score", "top_fraction", "SCALE_WEIGHTINGS"]
+__all__ = ["AnomalyMapGenerator", "calibration_statistics", "image_score", "top_fraction", "SCALE_WEIGHTINGS"]
 
 SCALE_WEIGHTINGS = ("alpha", "uniform", "max", "auto")
 
@@ -73,13 +73,8 @@ class AnomalyMapGenerator(nn.Module):
 
     def calibrate(self, normal_scale_scores: torch.Tensor) -> None:
         """Set the per-scale mean and std from :meth:`scale_scores` of held-out normal images ``[N, K]`` (N >= 2)."""
-        scores = torch.as_tensor(normal_scale_scores, dtype=torch.float32)
-        if scores.ndim != 2 or scores.shape[1] != self.scale_mean.numel() or scores.shape[0] < 2:
-            raise ValueError(f"need per-scale scores of at least 2 normal images, shape [N, {self.scale_mean.numel()}]; got {list(scores.shape)}")
-        std = scores.std(0)
-        if not bool(torch.all(torch.isfinite(scores))) or bool(torch.any(std <= 0)):
-            raise ValueError("per-scale scores of the calibration images must be finite and vary between images")
-        self.scale_mean.copy_(scores.mean(0))
+        mean, std = calibration_statistics(normal_scale_scores, self.scale_mean.numel())
+        self.scale_mean.copy_(mean)
         self.scale_std.copy_(std)
 
     def smooth(self, amap: torch.Tensor) -> torch.Tensor:
@@ -124,6 +119,24 @@ class AnomalyMapGenerator(nn.Module):
             dist = F.interpolate(dist, size=image_size, mode="bilinear", align_corners=False)
             amap = amap + alpha[:, k].view(-1, 1, 1, 1) * dist
         return self.smooth(amap)
+
+
+def calibration_statistics(normal_scale_scores: torch.Tensor, num_scales: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-scale ``(mean, std)`` of per-scale image statistics of held-out normal images ``[N, K]`` (N >= 2), the
+    calibration of :meth:`AnomalyMapGenerator.calibrate` and of :mod:`monai_scrd.scoring.fitting`.
+
+    Raises:
+        ValueError: fewer than 2 images, another number of scales than ``num_scales``, or statistics that are not
+            finite or do not vary between images.
+    """
+    scores = torch.as_tensor(normal_scale_scores, dtype=torch.float32)
+    k = scores.shape[-1] if num_scales is None else int(num_scales)
+    if scores.ndim != 2 or scores.shape[1] != k or scores.shape[0] < 2:
+        raise ValueError(f"need per-scale scores of at least 2 normal images, shape [N, {k}]; got {list(scores.shape)}")
+    std = scores.std(0)
+    if not bool(torch.all(torch.isfinite(scores))) or bool(torch.any(std <= 0)):
+        raise ValueError("per-scale scores of the calibration images must be finite and vary between images")
+    return scores.mean(0), std
 
 
 def top_fraction(reduction: str) -> float | None:

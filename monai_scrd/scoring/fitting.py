@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from monai_scrd.scoring.anomaly_map import image_score, top_fraction
+from monai_scrd.scoring.anomaly_map import calibration_statistics, image_score, top_fraction
 from monai_scrd.scoring.metrics import detection_metrics
 
 __all__ = [
     "CANDIDATE_REDUCTIONS",
     "DEFAULT_SCORING",
     "ScoringFit",
+    "calibration",
     "candidate_weightings",
+    "combined_scores",
     "fit_scoring",
     "fit_threshold",
     "apply_fit",
@@ -99,8 +101,8 @@ def scale_statistics(maps: torch.Tensor, reduction: str) -> torch.Tensor:
     return image_score(maps.reshape(n * k, 1, -1).float(), reduction).view(n, k)
 
 
-def _combined_scores(maps: torch.Tensor, weights: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
-                     reduction: str, chunk: int = 64) -> torch.Tensor:
+def combined_scores(maps: torch.Tensor, weights: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
+                    reduction: str, chunk: int = 64) -> torch.Tensor:
     """Image scores of ``sum_k w_k (maps_k - mean_k) / std_k``; ``weights`` ``[K]``, per image ``[N, K]``, or None:
     per image all weight on the scale whose calibrated map has the highest mean (``scale_weighting="max"``)."""
     out = []
@@ -116,14 +118,9 @@ def _combined_scores(maps: torch.Tensor, weights: torch.Tensor | None, mean: tor
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _calibration(maps: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    stats = scale_statistics(maps, reduction)
-    if stats.shape[0] < 2:
-        raise ValueError("calibration needs the maps of at least 2 normal images")
-    std = stats.std(0)
-    if not bool(torch.all(torch.isfinite(stats))) or bool(torch.any(std <= 0)):
-        raise ValueError("per-scale statistics of the calibration images must be finite and vary between images")
-    return stats.mean(0), std
+def calibration(maps: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-scale ``(mean, std)`` over normals of ``reduction`` applied to each scale's map ``[N, K, H, W]``."""
+    return calibration_statistics(scale_statistics(maps, reduction))
 
 
 @dataclass
@@ -240,18 +237,18 @@ def fit_scoring(
 
     candidates, oof = [], {}
     for reduction in reductions:
-        cal = [_calibration(normal_maps[fold_of != f] if folds > 1 else normal_maps, reduction) for f in range(folds)]
+        cal = [calibration(normal_maps[fold_of != f] if folds > 1 else normal_maps, reduction) for f in range(folds)]
         for name in weightings:
             normal_scores = torch.zeros(n)
             anomaly_scores = torch.zeros(anomaly_maps.shape[0]) if has_anomalies else None
             for f, (mean, std) in enumerate(cal):
                 idx = torch.nonzero(fold_of == f).flatten()
                 w = weights_of(name, None if normal_alpha is None else normal_alpha[idx])
-                normal_scores[idx] = _combined_scores(normal_maps[idx], w, mean, std, reduction)
+                normal_scores[idx] = combined_scores(normal_maps[idx], w, mean, std, reduction)
                 if has_anomalies:
                     aidx = torch.nonzero(fold_of[sources] == f).flatten()
                     w = weights_of(name, None if anomaly_alpha is None else anomaly_alpha[aidx])
-                    anomaly_scores[aidx] = _combined_scores(anomaly_maps[aidx], w, mean, std, reduction)
+                    anomaly_scores[aidx] = combined_scores(anomaly_maps[aidx], w, mean, std, reduction)
             auroc = None
             if has_anomalies:
                 labels = np.r_[np.zeros(n), np.ones(anomaly_scores.numel())]
@@ -265,7 +262,7 @@ def fit_scoring(
     default = next((c for c in candidates if (c["scales"], c["reduction"]) == DEFAULT_SCORING), candidates[0])
     best = max(candidates, key=rank) if has_anomalies else default
     scales, reduction = best["scales"], best["reduction"]
-    mean, std = _calibration(normal_maps, reduction)
+    mean, std = calibration(normal_maps, reduction)
     scores = oof[(scales, reduction)].numpy()
     return ScoringFit(
         scales=scales,
@@ -281,7 +278,6 @@ def fit_scoring(
         n_anomalous=int(anomaly_maps.shape[0]) if has_anomalies else 0,
         folds=folds,
     )
-
 
 
 @torch.no_grad()

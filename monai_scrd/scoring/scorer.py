@@ -60,6 +60,7 @@ __all__ = [
     "ScoringDataset",
     "collate_prepared",
     "read_threshold",
+    "resolve_score_reduction",
     "ErrorCollector",
     "ScoreWriter",
     "save_map",
@@ -195,6 +196,14 @@ def read_threshold(source: Any, missing_ok: bool = False) -> dict | None:
         raise ValueError(f"{where}: 'threshold' is {t!r}; expected a finite number")
     record["threshold"] = float(t)
     return json_safe(record)
+
+
+def resolve_score_reduction(reduction: str, record: Mapping | None) -> str:
+    """``reduction`` itself, or for ``"auto"`` the image reduction that training chose and recorded in the threshold
+    ``record`` (the bundle's fixed default, ``"top5%"``, without one)."""
+    if reduction != "auto":
+        return reduction
+    return str((record or {}).get("score_reduction") or DEFAULT_SCORING[1])
 
 
 # ----------------------------------------------------------------------------------------------- maps
@@ -542,10 +551,8 @@ class Scorer:
         self.threshold_info = read_threshold(threshold, missing_ok=True)
         if threshold not in (None, "") and self.threshold_info is None:
             logger.warning(f"no threshold file at {threshold}: is_anomaly stays empty (train with validation images first)")
-        if score_reduction == "auto":
-            score_reduction = (self.threshold_info or {}).get("score_reduction") or DEFAULT_SCORING[1]
-        top_fraction(score_reduction)  # raises on an unknown image reduction
-        self.score_reduction = score_reduction
+        self.score_reduction = resolve_score_reduction(score_reduction, self.threshold_info)
+        top_fraction(self.score_reduction)  # raises on an unknown image reduction
         self._volume_thresholds: dict[int, float] = {}
         if color_mode is None and self.threshold_info is not None:
             color_mode = self.threshold_info.get("color_mode")
