@@ -85,9 +85,17 @@ def trained(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("train"))
     datalist = _custom_datalist(os.path.join(root, "data"))
     out = os.path.join(root, "run")
+    bundle_before = _files_with_mtimes(BUNDLE)
     proc = bundle(*_train_args(out, "--datalist", datalist, "--max_iterations", "4", "--ckpt_interval", "2",
                                "--val_interval", "2", "--log_interval", "1", "--tracking", "mlflow", *ABS))
-    return {"root": root, "out": out, "datalist": datalist, "log": proc.stdout + proc.stderr}
+    return {"root": root, "out": out, "datalist": datalist, "log": proc.stdout + proc.stderr,
+            "bundle_before": bundle_before, "bundle_after": _files_with_mtimes(BUNDLE)}
+
+
+def _files_with_mtimes(folder: str) -> dict[str, float]:
+    """Every file under ``folder`` (bytecode left out) with its modification time."""
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(folder) if "__pycache__" not in d for f in files}
 
 
 @pytest.mark.slow  # includes the module's training run
@@ -115,7 +123,8 @@ def test_training_leaves_model_and_threshold(trained):
     assert "alpha_1" in trained["log"]
     ckpts = os.listdir(os.path.join(trained["out"], "checkpoints"))
     assert "scrd_final.pt" in ckpts and any("iteration=2" in c or "iteration=4" in c for c in ckpts)
-    assert not os.path.exists(os.path.join(BUNDLE, "runs"))  # nothing written into the repository
+    # nothing written into the bundle folder (which may hold runs of the README's own commands already)
+    assert trained["bundle_after"] == trained["bundle_before"]
 
 
 def test_mlflow_sqlite_has_loss_and_alpha(trained):
