@@ -86,6 +86,26 @@ def test_lite_pretrained_weights_are_loaded(backbone):
     assert [SIZE // f.shape[-1] for f in feats] == [4, 8, 16]
 
 
+@pytest.mark.parametrize("backbone,size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite_weights_make_a_working_imagenet_classifier(backbone, size):
+    """The key remapping is right as a whole, not only for the first tensor: with the remapped weights, timm's full
+    network labels matplotlib's sample photo of Grace Hopper as ImageNet class 652, 'military uniform'."""
+    import numpy as np
+    import timm
+    from matplotlib import cbook
+    from PIL import Image
+
+    from monai_scrd.networks.teacher import _remap_lite_keys
+
+    net = timm.create_model(f"tf_{backbone}", pretrained=False).eval()
+    source = efficientnet_lite_weights_path(backbone)
+    net.load_state_dict(_remap_lite_keys(net, extract_state_dict(load_weights_file(source), source), source, backbone))
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as photo:
+        x = torch.from_numpy(np.asarray(photo.convert("RGB").resize((size, size)))).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        assert net((x - 127.0) / 128.0).argmax().item() == 652
+
+
 def test_missing_lite_weights_package_names_the_pip_package(monkeypatch):
     import sys
 
