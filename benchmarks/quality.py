@@ -22,9 +22,11 @@ Every finished run is written at once to ``<out-dir>/<tag>/<row>_seed<k>.json`` 
 ``--report`` rebuilds ``benchmarks/RESULTS.md`` from all JSON files under ``benchmarks/results``.
 
     python benchmarks/quality.py --quick            # < 15 min on 2 CPU cores, prints a table
-    python benchmarks/quality.py --device cuda --workers 14 --variants reference legacy legacy_noise legacy_decoder
-    python benchmarks/quality.py --variants legacy  # the paper rows with the pre-fix noise and decoder
+    python benchmarks/quality.py --device cuda --workers 14
     python benchmarks/quality.py --report           # regenerate RESULTS.md from the JSON files
+
+The before/after runs of the noise and decoder fixes (tags ending in ``_legacy``, ``_legacy_noise`` and
+``_legacy_decoder``) were made with switches since removed; the report still shows their JSON.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import _common as C  # noqa: E402
 
 import torch  # noqa: E402
 
-from monai_scrd.losses import alpha_entropy, build_loss  # noqa: E402
+from monai_scrd.losses import build_loss  # noqa: E402
 from monai_scrd.networks import SCRD  # noqa: E402
 from monai_scrd.scoring.anomaly_map import image_score  # noqa: E402
 from monai_scrd.scoring.metrics import detection_metrics, threshold_metrics  # noqa: E402
@@ -81,15 +83,9 @@ LEGACY_LABELS = {
 }
 LABELS = {**{k: v["label"] for k, v in ROWS.items()}, **LEGACY_LABELS}
 ORDER = [*ROWS, *LEGACY_LABELS]
-# the pre-fix behaviour, one switch at a time: normalised octave sum at 1/16 cycle/px, one field for all channels
-# (noise) and the compact decoder (networks)
-LEGACY_NOISE = dict(normalize=True, frequency=1 / 16, per_channel=False, random_offset=True)
-VARIANTS = {
-    "reference": dict(),
-    "legacy_noise": dict(noise=LEGACY_NOISE),
-    "legacy_decoder": dict(model=dict(decoder="compact")),
-    "legacy": dict(noise=LEGACY_NOISE, model=dict(decoder="compact")),
-}
+# earlier runs with the pre-fix noise and/or decoder (switches since removed; their results folder is the main tag
+# plus this suffix), reported only
+LEGACY_VARIANTS = ("legacy", "legacy_noise", "legacy_decoder")
 PAPER = {  # Brain Tumor, WRN50-2, 256 px, 4000 it x 16 (Tables 2 and 3): AUC, F1, ACC in %
     "rd4ad": (90.52, 87.24, 85.67),
     "crd": (91.45, 88.17, 86.67),
@@ -110,9 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=C.DEFAULT_CACHE_DIR)
     p.add_argument("--out-dir", type=Path, default=C.RESULTS_DIR / "quality")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["reference"],
-                   help="reference = the fixed noise and decoder; legacy* = the pre-fix behaviour, one switch at a time "
-                        "(run for the paper's rows only); each variant writes its own results folder")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--iterations", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
@@ -150,10 +143,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def variant_tag(args, variant: str) -> str:
-    return args.tag if variant == "reference" else f"{args.tag}_{variant}"
-
-
 # ----------------------------------------------------------------------------------------------- data
 def build_data(args) -> dict:
     split = C.read_split(args.data_root)
@@ -185,13 +174,13 @@ def to_tensor(images: np.ndarray, idx) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- runs
-def row_config(name: str, variant: str) -> dict:
-    """The row's model/loss/noise options with the variant's overrides applied."""
-    row, over = ROWS[name], VARIANTS[variant]
+def row_config(name: str) -> dict:
+    """The row's model/loss/noise options."""
+    row = ROWS[name]
     return {
-        "model": {**row.get("model", {}), **over.get("model", {})},
+        "model": dict(row.get("model", {})),
         "loss": dict(row.get("loss", {})),
-        "noise": {**row.get("noise", {}), **over.get("noise", {})},
+        "noise": dict(row.get("noise", {})),
         "calibrate": bool(row.get("calibrate", False)),
     }
 
@@ -203,7 +192,7 @@ def make_model(args, cfg: dict, device) -> SCRD:
 
 def alpha_summary(alpha: torch.Tensor) -> dict:
     alpha = alpha.detach().float().cpu()
-    ent = alpha_entropy(alpha)
+    ent = -(alpha * torch.log(alpha.clamp_min(1e-12))).sum(dim=1)  # nats: log K when uniform, 0 when one-hot
     return {
         "alpha_mean": [round(float(a), 5) for a in alpha.mean(0)],
         "alpha_std": [round(float(a), 5) for a in alpha.std(0)] if alpha.shape[0] > 1 else [0.0] * alpha.shape[1],
@@ -255,7 +244,7 @@ def _synthetic_validation(model: SCRD, valset, device, batch: int) -> dict | Non
     return out
 
 
-def run_one(args, variant: str, name: str, seed: int, data: dict, device) -> dict:
+def run_one(args, name: str, seed: int, data: dict, device) -> dict:
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedTrainer
@@ -263,7 +252,7 @@ def run_one(args, variant: str, name: str, seed: int, data: dict, device) -> dic
     from monai_scrd.engines.training import SCRDTrainStep, train_log_values
     from monai_scrd.transforms import RandSimplexNoised
 
-    cfg = row_config(name, variant)
+    cfg = row_config(name)
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = make_model(args, cfg, device)
@@ -346,7 +335,7 @@ def run_one(args, variant: str, name: str, seed: int, data: dict, device) -> dic
     return {
         "row": name,
         "label": LABELS[name],
-        "variant": variant,
+        "variant": "reference",  # the fixed noise and decoder (earlier runs: LEGACY_VARIANTS)
         "seed": seed,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("report",)},
         "row_config": cfg,
@@ -408,7 +397,7 @@ def speed_section(results_dir: Path) -> str:
 
 def main_tag(runs: dict) -> str | None:
     """The reference-variant run with the most JSON files (ties: the longest schedule)."""
-    full = [t for t in runs if t not in ("smoke", "quick") and not any(t.endswith(f"_{v}") for v in VARIANTS)
+    full = [t for t in runs if t not in ("smoke", "quick") and not any(t.endswith(f"_{v}") for v in LEGACY_VARIANTS)
             and any(x.get("variant") == "reference" for rs in runs[t].values() for x in rs)]
     return max(full, key=lambda t: (sum(len(v) for v in runs[t].values()), t)) if full else None
 
@@ -432,7 +421,7 @@ def write_report(args) -> str:
             "{selection}": R.selection_table(rows, LABELS),
             "{default}": R.default_vs_baseline(rows, LABELS, DEFAULT_ROW, "calibrated, max of z", args.val_quantile),
         })
-    earlier = [t for t in sorted(runs) if t != tag and t != "smoke" and not any(t == f"{tag}_{v}" for v in VARIANTS)]
+    earlier = [t for t in sorted(runs) if t != tag and t != "smoke" and not any(t == f"{tag}_{v}" for v in LEGACY_VARIANTS)]
     sections["{earlier}"] = "\n".join(
         R.run_table(t, runs[t], LABELS, PAPER)
         + ("\n" + R.default_vs_baseline(runs[t], LABELS, DEFAULT_ROW, "calibrated, max of z", args.val_quantile)
@@ -484,8 +473,11 @@ The exact scripts and `prepare` lines: `results/bundle_auto/commands/`.
   bundle's own commands at commit 69a8d20, where it is the default (seed 0), which reproduce those columns.
 - "previous default" columns: the scoring shipped before (calibration of whole-map means, all scales, top 5%, numpy's
   default 95th percentile of the same normals that were calibrated on).
-- `*_rd4ad` rows: trained with `--contrastive false --scale_adaptive false`, scored the same ways (brain, seed 0 only:
-  the session ran out of time for the other seeds and for chest).
+- `*_rd4ad` rows: trained with `--contrastive false --scale_adaptive false`, scored the same ways (brain, seed 0, at
+  df8b617); `*_rd4ad_fixed` rows: RD4AD through the bundle with the fixed default scoring at bd22dae, 3 seeds
+  (`commands/session22.sh`, `session22_rest.sh`; brain seed 0 reuses the brain_rd4ad checkpoint).
+- `*_lite1`, `*_lite2` rows: the default with `--backbone efficientnet_lite1` / `efficientnet_lite2` (seed 0, at
+  2bcc86e, `commands/session22_rest.sh`), against Lite0's `*_fixed` rows (issue 23, item 6).
 - FPR: the share of the test normals flagged at the stored threshold (nominal 5).
 
 The second table ranks the 24 candidate scorings by their synthetic AUROC and by their real test AUROC (Spearman),
@@ -650,18 +642,18 @@ def print_table(results: list[dict]) -> None:
 
 def _run_and_write(job) -> dict:
     """One (row, seed) run, written to its JSON at once. Also the entry point of worker processes."""
-    args, variant, name, seed, data = job
+    args, name, seed, data = job
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if data is None:  # worker process: the image cache is already on disk
         data = build_data(args)
-    path = args.out_dir / variant_tag(args, variant) / f"{name}_seed{seed}.json"
+    path = args.out_dir / args.tag / f"{name}_seed{seed}.json"
     t1 = time.perf_counter()
-    res = run_one(args, variant, name, seed, data, device)
+    res = run_one(args, name, seed, data, device)
     C.write_json(path, res)
     m = res["metrics"]["official"]
-    print(f"[{variant} {name} seed {seed}] AUROC {100 * m['auroc']:.2f} AP {100 * m['average_precision']:.2f} "
+    print(f"[{name} seed {seed}] AUROC {100 * m['auroc']:.2f} AP {100 * m['average_precision']:.2f} "
           f"F1@val {100 * m['val_threshold']['f1']:.2f} per-scale {[round(100 * a, 1) for a in m['auroc_per_scale']]} "
           f"| {time.perf_counter() - t1:.0f} s -> {path}", flush=True)
     return res
@@ -690,13 +682,11 @@ def main(argv=None) -> list[dict]:
     sc = shortcut_check(args, data)
     sc["n_test"] = len(data["test"])
     C.write_json(out_dir / "shortcut.json", sc)
-    # the most important runs first, so that a stopped run keeps them: the paper's rows and the default of the
-    # reference variant, then the legacy variants (paper's rows only), then the other candidate rows
+    # the most important runs first, so that a stopped run keeps them: the paper's rows and the default, then the
+    # other candidate rows
     main_rows = {*PAPER, DEFAULT_ROW, "rd4ad_cal"}
-    jobs = [(args, variant, name, seed) for variant in args.variants for seed in args.seeds for name in args.rows
-            if name in main_rows and (variant == "reference" or name in PAPER)]
-    if "reference" in args.variants:
-        jobs += [(args, "reference", name, seed) for seed in args.seeds for name in args.rows if name not in main_rows]
+    jobs = [(args, name, seed) for seed in args.seeds for name in args.rows if name in main_rows]
+    jobs += [(args, name, seed) for seed in args.seeds for name in args.rows if name not in main_rows]
     if args.workers > 1:
         import multiprocessing as mp
 
