@@ -21,3 +21,6 @@ for s in 1 2; do
     [ -f $OUT/${name}_rd4ad_fixed/seed$s.json ] || python benchmarks/bundle_runs.py --name ${name}_rd4ad_fixed --datalist /tmp/exp/$dl.json --seeds $s --runs-dir $R --out-dir $OUT --no-choice -- --allow_absolute_paths true --max_iterations $it --contrastive false --scale_adaptive false
   done
 done
+# then, with nothing else of these runs left (helpers' tests running at nice 10), at 2bcc86e in /tmp/wt_lite:
+# python benchmarks/speed.py --sections training --sizes 128 --backbones efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --train-iters 10 --out /tmp/exp/teachers_training_speed.json
+# copied to benchmarks/results/teachers/training_speed_128px.json
