@@ -12,7 +12,6 @@ __all__ = [
     "build_loss",
     "flat_cosine_distance",
     "location_cosine_distance",
-    "alpha_entropy",
     "CONTRAST_MODES",
 ]
 
@@ -85,9 +84,6 @@ class ContrastiveReverseDistillationLoss(_Loss):
     Args:
         eps: added to the denominator.
         ratio_of_sums: use Algorithm 2's ratio of alpha-weighted sums instead of Eq. 4's sum of ratios.
-        alpha_entropy_weight: subtract this times the mean entropy of ``alpha`` (0 = the paper's loss). Minimising
-            ``sum_k alpha_k r_k`` alone drives ``alpha`` towards the one-hot of the smallest ratio; a positive weight
-            keeps the scale weights soft.
         distillation_weight: weight of the added RD4AD distillation term (0 = the paper's loss).
         contrast: ``"flatten"`` (the paper: one cosine per flattened map) or ``"location"`` (per-location cosines,
             ratio averaged over locations).
@@ -97,7 +93,6 @@ class ContrastiveReverseDistillationLoss(_Loss):
         self,
         eps: float = 1e-6,
         ratio_of_sums: bool = False,
-        alpha_entropy_weight: float = 0.0,
         distillation_weight: float = 0.0,
         contrast: str = "flatten",
     ) -> None:
@@ -106,7 +101,6 @@ class ContrastiveReverseDistillationLoss(_Loss):
             raise ValueError(f"contrast={contrast!r} is not one of {CONTRAST_MODES}")
         self.eps = float(eps)
         self.ratio_of_sums = bool(ratio_of_sums)
-        self.alpha_entropy_weight = float(alpha_entropy_weight)
         self.distillation_weight = float(distillation_weight)
         self.contrast = contrast
 
@@ -145,22 +139,13 @@ class ContrastiveReverseDistillationLoss(_Loss):
         if self.distillation_weight:
             distill = torch.stack([location_cosine_distance(u, v).mean(1) for u, v in zip(teacher_feats, student_feats)], 1)
             per_sample = per_sample + self.distillation_weight * (weights * distill).sum(1)
-        loss = per_sample.mean()
-        if self.alpha_entropy_weight and alpha is not None:
-            loss = loss - self.alpha_entropy_weight * alpha_entropy(alpha).mean()
-        return loss
-
-
-def alpha_entropy(alpha: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each sample's scale weights ``[B, K]`` -> ``[B]``; ``log K`` when uniform, 0 when one-hot."""
-    return -(alpha * torch.log(alpha.clamp_min(1e-12))).sum(dim=1)
+        return per_sample.mean()
 
 
 def build_loss(
     contrastive: bool,
     ratio_of_sums: bool = False,
     eps: float = 1e-6,
-    alpha_entropy_weight: float = 0.0,
     distillation_weight: float = 0.0,
     contrast: str = "flatten",
 ) -> _Loss:
@@ -170,7 +155,6 @@ def build_loss(
         return ContrastiveReverseDistillationLoss(
             eps=eps,
             ratio_of_sums=ratio_of_sums,
-            alpha_entropy_weight=alpha_entropy_weight,
             distillation_weight=distillation_weight,
             contrast=contrast,
         )

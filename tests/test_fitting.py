@@ -76,8 +76,8 @@ def test_calibration_standardises_the_scored_statistic():
     z = (stats - torch.tensor(fit.scale_mean)) / torch.tensor(fit.scale_std)
     assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4) and torch.allclose(z.std(0), torch.ones(3), atol=1e-4)
     assert (fit.scales, fit.reduction) == ("all scales", "top5%")  # no anomalies: the fixed default, no choice
-    per_image = fit_scoring(normals, _maps(40, rng, "diffuse"), list(range(40)), "max", "mean")
-    assert per_image.scales == "max" and per_image.weights is None and per_image.candidates[0]["synthetic_auroc"] > 0.7
+    with pytest.raises(ValueError, match="scale_weighting='max' was removed"):
+        fit_scoring(normals, None, (), "max", "mean")
 
 
 def test_auto_weights_are_saved_with_the_model_and_old_weights_load():

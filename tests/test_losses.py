@@ -70,17 +70,6 @@ def test_build_loss_follows_contrastive_switch():
     assert build_loss(True, ratio_of_sums=True).ratio_of_sums
 
 
-def test_alpha_entropy_regulariser():
-    from monai_scrd.losses import alpha_entropy
-
-    u, v, z = _feats(0), _feats(1), _feats(2)
-    alpha = torch.full((2, 3), 1 / 3)
-    plain = ContrastiveReverseDistillationLoss()(u, v, z, alpha)
-    regularised = ContrastiveReverseDistillationLoss(alpha_entropy_weight=0.5)(u, v, z, alpha)
-    assert regularised.item() == pytest.approx(plain.item() - 0.5 * math.log(3), rel=1e-5)
-    torch.testing.assert_close(alpha_entropy(torch.tensor([[1.0, 0.0, 0.0]])), torch.zeros(1))
-
-
 def test_distillation_term_adds_eq1_weighted_by_alpha():
     u, v, z = _feats(11), _feats(12), _feats(13)
     alpha = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])

@@ -196,17 +196,29 @@ def test_small_teachers_get_the_same_decoder_shape(backbone, blocks, kind):
     assert [len(s) for s in SCRD("resnet34", pretrained=False).decoder.stages] == [3, 4, 6]
 
 
-def test_compact_decoder_switch_and_checkpoint_error(tmp_path):
-    compact = SCRD("efficientnet_lite0", pretrained=False, decoder="compact")
-    u, v, _ = compact.features(torch.rand(1, 3, SIZE, SIZE))
-    assert [t.shape for t in u] == [t.shape for t in v]
-    assert isinstance(compact.decoder.stages[0][0][0], nn.ConvTranspose2d)
+def test_models_of_the_removed_compact_decoder_are_refused(tmp_path):
+    """The compact decoder (``SCRD(decoder="compact")``, before the RD4AD decoder) was removed: its checkpoints and a
+    model spec naming it fail in one line naming the setting; a spec naming ``decoder="rd4ad"``, what every spec
+    written before the removal names, still builds the same network."""
+    import re
+
+    from monai_scrd.registry.spec import ModelSpec
+
+    state = SCRD("efficientnet_lite0", pretrained=False).state_dict()
+    # its stages were (upsampling, residual stage): the blocks sat one level deeper, decoder.stages.<s>.1.<b>
+    old = {re.sub(r"^decoder\.stages\.(\d)\.", r"decoder.stages.\1.1.", k): v for k, v in state.items()}
     path = tmp_path / "old_model.pt"
-    torch.save({"model": compact.state_dict()}, path)
+    torch.save({"model": old}, path)
     with pytest.raises(CheckpointError) as err:
         load_state_dict_checked(SCRD("efficientnet_lite0", pretrained=False), extract_state_dict(load_weights_file(path), str(path)), str(path))
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{path}: checkpoint does not match SCRD")
-    assert "decoder='compact'" in message
-    with pytest.raises(ValueError, match="decoder='unet' is not one of"):
-        SCRD("resnet18", pretrained=False, decoder="unet")
+    assert "removed compact decoder (decoder='compact'" in message
+    network = {"_target_": "monai_scrd.networks.SCRD", "backbone": "efficientnet_lite0"}
+    with pytest.raises(ValueError) as err:
+        ModelSpec.from_dict({"network": {**network, "decoder": "compact"}})
+    assert "\n" not in str(err.value) and "decoder='compact' was removed" in str(err.value)
+    rebuilt = ModelSpec.from_dict({"network": {**network, "decoder": "rd4ad"}}).build_network()
+    rebuilt.load_state_dict(state)  # strict: the same layers
+    with pytest.raises(TypeError, match="decoder"):
+        SCRD("resnet18", pretrained=False, decoder="rd4ad")

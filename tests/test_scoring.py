@@ -125,17 +125,14 @@ def test_per_scale_calibration_standardises_each_scale():
     uniform.load_state_dict(gen.state_dict())
     one_hot = torch.tensor([[1.0, 0.0, 0.0]]).expand(6, 3)
     torch.testing.assert_close(image_score(uniform(u, v, one_hot, (16, 16))), score / 3)
-    # "max": per image, the scale with the largest calibrated score carries all the weight
-    best = AnomalyMapGenerator(sigma=0.0, num_scales=3, scale_weighting="max")
-    best.load_state_dict(gen.state_dict())
-    z = (raw - raw.mean(0)) / raw.std(0)
-    torch.testing.assert_close(image_score(best(u, v, alpha, (16, 16))), z.max(1).values, atol=0.15, rtol=0.0)
     with pytest.raises(ValueError, match="at least 2 normal images"):
         gen.calibrate(raw[:1])
     with pytest.raises(ValueError, match="vary between images"):
         gen.calibrate(torch.ones(4, 3))
     with pytest.raises(ValueError, match="scale_weighting"):
         AnomalyMapGenerator(scale_weighting="median")
+    with pytest.raises(ValueError, match="scale_weighting='max' was removed"):  # a finished experiment
+        AnomalyMapGenerator(scale_weighting="max")
 
 
 def test_image_score_top_fraction():

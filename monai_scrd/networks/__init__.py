@@ -1,5 +1,5 @@
 from .scrd import SCRD
-from .student import CompactDecoder, OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
+from .student import OneClassBottleneck, ScaleAdaptationHead, StudentDecoder
 from .teacher import BACKBONES, TeacherEncoder, efficientnet_lite_weights_path
 
 __all__ = [
@@ -9,6 +9,5 @@ __all__ = [
     "efficientnet_lite_weights_path",
     "OneClassBottleneck",
     "StudentDecoder",
-    "CompactDecoder",
     "ScaleAdaptationHead",
 ]

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from monai_scrd.networks.student import CompactDecoder, OneClassBottleneck, ScaleAdaptationHead, StudentDecoder, rd4ad_init_
+from monai_scrd.networks.student import OneClassBottleneck, ScaleAdaptationHead, StudentDecoder, rd4ad_init_
 from monai_scrd.networks.teacher import TeacherEncoder
 from monai_scrd.scoring.anomaly_map import AnomalyMapGenerator
 
-__all__ = ["SCRD", "DECODERS"]
+__all__ = ["SCRD", "REMOVED_ARGUMENTS", "drop_removed_arguments"]
 
-DECODERS = {"rd4ad": StudentDecoder, "compact": CompactDecoder}
+# SCRD arguments of finished experiments, since removed (their runs: benchmarks/results), each with the value that is
+# now the only behaviour; older model specs name them
+REMOVED_ARGUMENTS = {"decoder": "rd4ad"}
+
+
+def drop_removed_arguments(args: Mapping[str, Any], source: str) -> dict:
+    """``args`` without the removed SCRD arguments (:data:`REMOVED_ARGUMENTS`) that name what is now the only
+    behaviour.
+
+    Raises:
+        ValueError: another value of a removed argument, in one line naming ``source``, the argument and the value.
+    """
+    out = dict(args)
+    for key, only in REMOVED_ARGUMENTS.items():
+        if key in out and out.pop(key) != only:
+            raise ValueError(f"{source}: {key}={args[key]!r} was removed (only {key}={only!r} remains): a model trained "
+                             "with it cannot be rebuilt; retrain it")
+    return out
 
 
 class SCRD(nn.Module):
@@ -30,10 +50,11 @@ class SCRD(nn.Module):
         sigma: Gaussian smoothing of the anomaly map (RD4AD's sigma 4).
         alpha_temperature: softmax temperature of the scale head (1 = paper).
         alpha_floor: uniform share mixed into alpha so that no scale falls below ``alpha_floor / K`` (0 = paper).
-        scale_weighting: how the anomaly map weighs the scales: ``"alpha"`` (paper) or ``"uniform"``
+        scale_weighting: how the anomaly map weighs the scales: ``"alpha"`` (paper), ``"uniform"`` or ``"auto"``
             (see :class:`~monai_scrd.scoring.AnomalyMapGenerator`, also for the per-scale calibration).
-        decoder: ``"rd4ad"`` (RD4AD's one-class bottleneck initialisation and de-ResNet decoder, which the paper uses)
-            or ``"compact"`` (this package's earlier decoder, for before/after comparisons and its checkpoints).
+
+    The bottleneck and decoder are RD4AD's (one-class bottleneck embedding and de-ResNet decoder, with RD4AD's
+    initialisation), as the paper uses them.
     """
 
     def __init__(
@@ -46,21 +67,15 @@ class SCRD(nn.Module):
         alpha_temperature: float = 1.0,
         alpha_floor: float = 0.0,
         scale_weighting: str = "alpha",
-        decoder: str = "rd4ad",
     ) -> None:
         super().__init__()
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
-        self.decoder_layout = decoder
         self.contrastive = bool(contrastive)
         self.scale_adaptive = bool(scale_adaptive)
         self.teacher = TeacherEncoder(backbone, pretrained)
         spec = self.teacher.spec
         fusion_blocks = 3 if spec.block == "bottleneck" else 2
-        self.bottleneck = OneClassBottleneck(spec.channels, spec.block, fusion_blocks, spec.width_factor)
-        if decoder == "rd4ad":
-            rd4ad_init_(self.bottleneck)
-        self.decoder = DECODERS[decoder](
+        self.bottleneck = rd4ad_init_(OneClassBottleneck(spec.channels, spec.block, fusion_blocks, spec.width_factor))
+        self.decoder = StudentDecoder(
             self.bottleneck.out_channels, spec.channels, spec.blocks_per_stage, spec.block, spec.width_factor
         )
         num_scales = len(spec.channels)

@@ -3,8 +3,7 @@
 Written for any teacher with three feature maps at strides 4/8/16 (ResNets and EfficientNet-Lite0), reusing
 torchvision's residual blocks rather than per-backbone hand-written copies. ``OneClassBottleneck`` and
 ``StudentDecoder`` follow RD4AD (Deng & Li, 2022: ``resnet.BN_layer`` and ``de_resnet``), which SCRD uses
-unchanged; ``CompactDecoder`` is this package's earlier decoder, kept for before/after comparisons and for
-checkpoints trained with it.
+unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 __all__ = [
     "OneClassBottleneck",
     "StudentDecoder",
-    "CompactDecoder",
     "ScaleAdaptationHead",
     "residual_stage",
     "upsampling_block",
@@ -121,19 +119,7 @@ class OneClassBottleneck(nn.Module):
         return self.fuse(torch.cat([self.down1(u1), self.down2(u2), u3], dim=1))
 
 
-class _StagedDecoder(nn.Module):
-    """Runs ``self.stages`` (an ``nn.ModuleList``, deepest first) and returns their outputs shallowest first."""
-
-    def forward(self, phi: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        x = phi
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs[::-1]  # [v1, v2, v3], matching the teacher's order
-
-
-class StudentDecoder(_StagedDecoder):
+class StudentDecoder(nn.Module):
     """RD4AD's decoder (``de_resnet``): from ``phi`` (stride 32) back up to student maps ``[v1, v2, v3]`` shaped like
     the teacher's.
 
@@ -168,31 +154,13 @@ class StudentDecoder(_StagedDecoder):
         self.stages = nn.ModuleList(stages)
         rd4ad_init_(self)
 
-
-class CompactDecoder(_StagedDecoder):
-    """This package's decoder before it followed RD4AD (``SCRD(decoder="compact")``): each stage upsamples with a
-    transposed convolution + BN + ReLU, then refines with ``blocks_per_stage`` residual blocks in reverse order (the
-    deepest stage gets the last count, e.g. 6 blocks at 1024 channels for WRN50-2). PyTorch's default initialisation.
-
-    Args: as :class:`StudentDecoder`.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        channels: tuple[int, int, int],
-        blocks_per_stage: tuple[int, int, int] = (2, 2, 2),
-        kind: str = "basic",
-        width_factor: int = 1,
-    ) -> None:
-        super().__init__()
-        stages = []
-        cin = in_channels
-        for cout, blocks in zip(reversed(channels), reversed(blocks_per_stage)):  # deepest first
-            up = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-            stages.append(nn.Sequential(up, residual_stage(cout, cout, blocks, kind, width_factor=width_factor)))
-            cin = cout
-        self.stages = nn.ModuleList(stages)
+    def forward(self, phi: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        x = phi
+        for stage in self.stages:  # deepest first
+            x = stage(x)
+            outs.append(x)
+        return outs[::-1]  # [v1, v2, v3], matching the teacher's order
 
 
 class ScaleAdaptationHead(nn.Module):

@@ -57,9 +57,9 @@ class ModelSpec:
 
     Attributes:
         network: constructor arguments of ``monai_scrd.networks.SCRD`` (``backbone``, ``contrastive``,
-            ``scale_adaptive``, ``sigma``, ``alpha_temperature``, ``alpha_floor``, ``scale_weighting``, ``decoder``)
-            as plain JSON values; ``pretrained`` is always rebuilt as False since the checkpoint holds the teacher's
-            weights.
+            ``scale_adaptive``, ``sigma``, ``alpha_temperature``, ``alpha_floor``, ``scale_weighting``) as plain JSON
+            values; ``pretrained`` is always rebuilt as False since the checkpoint holds the teacher's weights. A
+            removed argument (``decoder``) naming what is now the only behaviour is dropped, any other value refused.
         preprocessing: the scorer's preprocessing settings (``image_size``, ``intensity``, ``percentiles``, ...).
         score_reduction: image score from the anomaly map, ``"mean"`` (paper), ``"max"`` or ``"top<P>%"``.
         volume_reduction: 3D volumes are scored slice by slice; their score is the ``"max"`` (bundle default) or
@@ -135,11 +135,11 @@ class ModelSpec:
         numbers, booleans, null, lists of those); anything else is refused, so a spec cannot name code to run."""
         import inspect
 
-        from monai_scrd.networks import SCRD
+        from monai_scrd.networks.scrd import SCRD, drop_removed_arguments
 
         known = set(inspect.signature(SCRD.__init__).parameters) - {"self", "pretrained"}
         args = {}
-        for key, value in self.network.items():
+        for key, value in drop_removed_arguments(self.network, "model spec network").items():
             if key == "_target_":
                 if value != NETWORK_TARGET:
                     raise ValueError(f"model spec network {value!r} is not {NETWORK_TARGET}")

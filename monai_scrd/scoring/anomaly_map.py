@@ -8,9 +8,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AnomalyMapGenerator", "calibration_statistics", "image_score", "top_fraction", "SCALE_WEIGHTINGS"]
+__all__ = ["AnomalyMapGenerator", "calibration_statistics", "check_scale_weighting", "image_score", "top_fraction",
+           "SCALE_WEIGHTINGS"]
 
-SCALE_WEIGHTINGS = ("alpha", "uniform", "max", "auto")
+SCALE_WEIGHTINGS = ("alpha", "uniform", "auto")
+REMOVED_SCALE_WEIGHTINGS = ("max",)  # a finished experiment (its runs: benchmarks/results)
+
+
+def check_scale_weighting(scale_weighting: str) -> str:
+    """``scale_weighting`` if it is one of :data:`SCALE_WEIGHTINGS`.
+
+    Raises:
+        ValueError: any other value, in one line naming it (and saying so for a removed one).
+    """
+    if scale_weighting in REMOVED_SCALE_WEIGHTINGS:
+        raise ValueError(f"scale_weighting={scale_weighting!r} was removed (now one of {SCALE_WEIGHTINGS}); a model "
+                         "scored with it needs another threshold: retrain it")
+    if scale_weighting not in SCALE_WEIGHTINGS:
+        raise ValueError(f"scale_weighting={scale_weighting!r} is not one of {SCALE_WEIGHTINGS}")
+    return scale_weighting
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -34,23 +50,19 @@ class AnomalyMapGenerator(nn.Module):
         sigma: Gaussian smoothing sigma in pixels; 0 disables smoothing.
         num_scales: number of feature scales (size of the calibration buffers).
         scale_weighting: ``"alpha"`` (the paper: weights from the scale head, all ones without a head),
-            ``"uniform"`` (``1 / K`` per scale, ignoring alpha when scoring) or ``"max"`` (per image, all weight on the
-            scale whose calibrated image score is highest, i.e. the scale at which the image deviates most from the
-            held-out normals: a test-time, label-free scale choice; meant to be used with :meth:`calibrate`) or
-            ``"auto"`` (the fixed per-scale weights of the ``scale_weights`` buffer, saved with the model: uniform until
+            ``"uniform"`` (``1 / K`` per scale, ignoring alpha when scoring) or ``"auto"`` (the fixed per-scale weights
+            of the ``scale_weights`` buffer, saved with the model: uniform until
             :func:`~monai_scrd.scoring.fitting.fit_scoring` chooses them on the user's held-out normals).
     """
 
     def __init__(self, sigma: float = 4.0, num_scales: int = 3, scale_weighting: str = "alpha") -> None:
         super().__init__()
-        if scale_weighting not in SCALE_WEIGHTINGS:
-            raise ValueError(f"scale_weighting={scale_weighting!r} is not one of {SCALE_WEIGHTINGS}")
+        self.scale_weighting = check_scale_weighting(scale_weighting)
         self.sigma = float(sigma)
         self.kernel_size = 2 * int(round(4.0 * self.sigma)) + 1
         radius = self.kernel_size // 2
         taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / max(self.sigma, 1e-12)) ** 2)
         self.register_buffer("kernel_1d", taps / taps.sum(), persistent=False)
-        self.scale_weighting = scale_weighting
         # saved with the model, so every scorer applies the same calibration
         self.register_buffer("scale_mean", torch.zeros(num_scales))
         self.register_buffer("scale_std", torch.ones(num_scales))
@@ -111,9 +123,6 @@ class AnomalyMapGenerator(nn.Module):
             alpha = torch.full_like(alpha, 1.0 / alpha.shape[1])
         elif self.scale_weighting == "auto":
             alpha = self.scale_weights.to(alpha.dtype).expand_as(alpha)
-        elif self.scale_weighting == "max":
-            per_scale = torch.stack([d.flatten(1).mean(1) for d in dists], 1)
-            alpha = F.one_hot(per_scale.argmax(1), per_scale.shape[1]).to(per_scale.dtype)
         amap = torch.zeros(teacher[0].shape[0], 1, image_size[0], image_size[1], device=teacher[0].device)
         for k, dist in enumerate(dists):
             dist = F.interpolate(dist, size=image_size, mode="bilinear", align_corners=False)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from monai_scrd.scoring.anomaly_map import calibration_statistics, image_score, top_fraction
+from monai_scrd.scoring.anomaly_map import calibration_statistics, check_scale_weighting, image_score, top_fraction
 from monai_scrd.scoring.metrics import detection_metrics
 
 __all__ = [
@@ -101,18 +101,14 @@ def scale_statistics(maps: torch.Tensor, reduction: str) -> torch.Tensor:
     return image_score(maps.reshape(n * k, 1, -1).float(), reduction).view(n, k)
 
 
-def combined_scores(maps: torch.Tensor, weights: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
+def combined_scores(maps: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                     reduction: str, chunk: int = 64) -> torch.Tensor:
-    """Image scores of ``sum_k w_k (maps_k - mean_k) / std_k``; ``weights`` ``[K]``, per image ``[N, K]``, or None:
-    per image all weight on the scale whose calibrated map has the highest mean (``scale_weighting="max"``)."""
+    """Image scores of ``sum_k w_k (maps_k - mean_k) / std_k``; ``weights`` ``[K]`` or per image ``[N, K]``."""
     out = []
     for start in range(0, maps.shape[0], chunk):
         m = maps[start : start + chunk].float()
         z = (m - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        if weights is None:
-            w = torch.nn.functional.one_hot(z.flatten(2).mean(2).argmax(1), m.shape[1]).float()
-        else:
-            w = weights if weights.ndim == 1 else weights[start : start + chunk]
+        w = weights if weights.ndim == 1 else weights[start : start + chunk]
         w = w.view(-1, m.shape[1], 1, 1) if w.ndim == 2 else w.view(1, -1, 1, 1)
         out.append(image_score((z * w).sum(1, keepdim=True), reduction))
     return torch.cat(out) if out else torch.zeros(0)
@@ -195,8 +191,8 @@ def fit_scoring(
         normal_maps: ``[N, K, H, W]`` maps of the normals.
         anomaly_maps: ``[M, K, H, W]`` maps of the synthetic anomalies (None: no choice, the default is kept).
         anomaly_sources: index of the normal each anomaly was made from (its fold).
-        scale_weighting: ``"auto"`` (choose among :func:`candidate_weightings`), ``"uniform"``, ``"alpha"`` or
-            ``"max"`` (fixed).
+        scale_weighting: ``"auto"`` (choose among :func:`candidate_weightings`), ``"uniform"`` or ``"alpha"``
+            (fixed).
         score_reduction: ``"auto"`` (choose among :data:`CANDIDATE_REDUCTIONS`) or a fixed reduction.
         percentile: of the normals' scores, for the threshold.
         normal_alpha, anomaly_alpha: the scale head's ``[N, K]`` / ``[M, K]`` weights, for ``"alpha"``.
@@ -208,18 +204,14 @@ def fit_scoring(
     if n < 2:
         raise ValueError(f"fitting the scoring needs at least 2 validation (normal) images, got {n}")
     folds = max(1, min(int(folds), n // 2))  # every fold's calibration needs 2 images; 1 fold: in-sample (tiny sets)
-    if scale_weighting == "auto":
+    if check_scale_weighting(scale_weighting) == "auto":
         weightings: Mapping[str, list[float] | None] = candidate_weightings(num_scales)
     elif scale_weighting == "uniform":
         weightings = {"all scales": [1.0 / num_scales] * num_scales}
-    elif scale_weighting == "alpha":
+    else:
         if normal_alpha is None:
             raise ValueError("scale_weighting 'alpha' needs the scale head's weights of the images")
         weightings = {"alpha": None}
-    elif scale_weighting == "max":
-        weightings = {"max": None}
-    else:
-        raise ValueError(f"scale_weighting {scale_weighting!r} is not one of 'auto', 'uniform', 'alpha', 'max'")
     if score_reduction == "auto":
         reductions: Sequence[str] = CANDIDATE_REDUCTIONS
     else:
@@ -230,10 +222,9 @@ def fit_scoring(
     fold_of = torch.empty(n, dtype=torch.long)
     fold_of[torch.from_numpy(np.random.RandomState(seed).permutation(n))] = torch.arange(n) % folds
 
-    def weights_of(name: str, alpha: torch.Tensor | None) -> torch.Tensor | None:
-        if weightings[name] is not None:
-            return torch.tensor(weightings[name], dtype=torch.float32)
-        return alpha.float() if name == "alpha" else None
+    def weights_of(name: str, alpha: torch.Tensor | None) -> torch.Tensor:
+        fixed = weightings[name]
+        return torch.tensor(fixed, dtype=torch.float32) if fixed is not None else alpha.float()  # "alpha": per image
 
     candidates, oof = [], {}
     for reduction in reductions:
