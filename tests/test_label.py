@@ -1,4 +1,5 @@
 """MONAI Label server serving SCRD on 127.0.0.1: /info/ and /infer/ over HTTP with PNG, DICOM and NIfTI studies,
+the given bundle served (not a model an earlier training of the app published) and named in /info/ and at start,
 score and heatmap checked, clear HTTP errors for bad requests, server still serving after them, a small request
 answered while a large image is being scored, stopped at the end.
 
@@ -72,17 +73,29 @@ def test_monai_label_server(tmp_path):
     Image.fromarray(ramp).save(studies / "big.png")
     thr = json.load(open(os.path.join(bundle, "models", "threshold.json")))["threshold"]
     expected = dict(zip(("png", "dicom", "nifti"), direct_scores(net, [imgs[k] for k in ("png", "dicom", "nifti")])))
+    # a model that an earlier training of this app published: the server given --bundle serves the bundle, not it
+    app = tmp_path / "app"
+    train_tiny_bundle(str(app / "model" / "scrd"), seed=7)
+    stale_thr = json.load(open(app / "model" / "scrd" / "models" / "threshold.json"))["threshold"]
+    assert stale_thr != pytest.approx(thr)
 
     port = free_port()
     env = clean_env(MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"), PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", bundle,
-           "--app-dir", str(tmp_path / "app"), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+           "--app-dir", str(app), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     base = f"http://127.0.0.1:{port}"
     with running_server(cmd, base + "/info/", tmp_path / "server.log", cwd=tmp_path, env=env) as proc:
         info = json.loads(urllib.request.urlopen(base + "/info/", timeout=10).read().decode())
         assert "scrd" in info["models"]
         model_info = info["models"]["scrd"]
         assert model_info["threshold"] == pytest.approx(thr) and model_info["image_size"] == 64
+        # which model is served: in /info/ and in one line at start
+        assert model_info["served"] == {"source": "bundle", "path": bundle,
+                                        "checkpoint": os.path.join(bundle, "models", "model.pt"), "threshold": model_info["threshold"]}
+        assert info["trainers"]["scrd"]["served_after_training"] is False
+        lines = [ln for ln in (tmp_path / "server.log").read_text(errors="replace").splitlines() if "SCRD serves" in ln]
+        assert len(lines) == 1 and lines[0].endswith(
+            f"SCRD serves bundle {bundle} (weights {bundle}/models/model.pt), threshold {thr:.6g}"), lines
         assert info["datastore"]["total"] == 5  # png, dcm, nii.gz, broken.png, big.png
 
         ids = {"png": "case_png", "dicom": "case_dcm", "nifti": "case_nii"}
@@ -164,3 +177,32 @@ def test_serve_without_label_venv_says_what_to_run(monkeypatch, tmp_path, capsys
     assert main(["serve", "--studies", str(tmp_path), "--app-dir", str(tmp_path / "app")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "missing") in err and "scripts/install_label.sh" in err
+
+
+def test_readme_serve_commands_parse_and_serve_one_model(capsys):
+    """The README's ``serve`` commands run as written: one with a bundle, one with the registered model (issue 21: the
+    README suggested adding --model-uri next to --bundle, which argparse refuses); bundle-only settings are refused
+    with a registered model, which is served as it was registered."""
+    import re
+    import shlex
+
+    from monai_scrd.label.__main__ import parse_args
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        blocks = re.findall(r"^```bash[ \t]*\n(.*?)^```", f.read(), re.M | re.S)
+    commands = []
+    for body in blocks:
+        for line in body.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:4] == ["python", "-m", "monai_scrd.label", "serve"]:
+                commands.append(words[4:])
+    served = {"model_uri" if parse_args(["serve", *c]).model_uri else "bundle" for c in commands}
+    assert served == {"bundle", "model_uri"}, commands
+    for argv, message in (
+        (["--bundle", "b", "--model-uri", "models:/scrd@champion"], "argument --model-uri: not allowed with argument --bundle"),
+        (["--model-uri", "models:/scrd@champion", "--threshold", "0.1"], "--threshold: only with --bundle"),
+        (["--bundle", "b", "--tracking-uri", "sqlite:///m.db"], "--tracking-uri: only with --model-uri"),
+    ):
+        with pytest.raises(SystemExit) as err:
+            parse_args(["serve", "--studies", "s", *argv])
+        assert err.value.code == 2 and message in capsys.readouterr().err

@@ -112,6 +112,7 @@ def test_train_task_trains_publishes_and_serves(tmp_path):
         assert "RUNNING" in seen
         details = "\n".join(task["details"])
         assert "SCRD training: iteration 3/3" in details and "model published to" in details, details
+        assert "served from the next request" in details, details  # the bundle has no weights: the trained one is served
 
         trained = app_dir / "model" / "scrd"
         assert (trained / "models" / "model.pt").is_file() and not (app_dir / "model" / "scrd.training").exists()
@@ -125,6 +126,8 @@ def test_train_task_trains_publishes_and_serves(tmp_path):
         info = _request(base + "/info/")
         assert info["models"]["scrd"]["image_size"] == 64
         assert info["models"]["scrd"]["threshold"] == pytest.approx(threshold)
+        assert info["models"]["scrd"]["served"]["source"] == "app training"
+        assert info["models"]["scrd"]["served"]["path"] == str(trained)
         assert info["train_stats"]["scrd"]["status"] == "DONE" and info["train_stats"]["scrd"]["iteration"] == 3
         res = _request(f"{base}/infer/scrd?image={query}&output=json", "POST", b"", timeout=120)
         from monai_scrd.registry import scorer_from_bundle

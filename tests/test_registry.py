@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_registry_support import (  # noqa: E402
     IMAGE_SIZE,
     PYTHON,
+    REPO,
     TOL,
     bundle_inference_scores,
     clean_env,
@@ -131,7 +132,8 @@ def test_load_by_alias_in_fresh_process(registered, tmp_path):
     assert nib.load(rows[2]["map_path"]).shape[:2] == (48, 40)  # NIfTI map at the input's own size
     assert rows[3]["score"] is None  # a failed row has no score (JSON null, never NaN)
     assert "broken.png" in rows[3]["error"] and rows[3]["is_anomaly"] is None and rows[3]["map_path"] == ""
-    assert rows[4]["error"] == f"{paths[4]}: no such image file in the folders this model may read"
+    assert rows[4]["error"] == (f"{paths[4]}: no such image file in the folders this model may read (SCRD_INPUT_ROOTS; "
+                                "default: the working directory)")
     assert rows[5]["error"] == "" and np.isfinite(rows[5]["score"])  # 3D NIfTI scored slice by slice
 
     bundle_scores = bundle_inference_scores(registered["bundle"], paths[:3] + [imgs["volume"]], str(tmp_path / "bundle_out"))
@@ -257,18 +259,122 @@ def test_register_trained_model_hook(registered, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("scale_adaptive", [True, False])
 def test_network_spec_keeps_the_scoring_options(scale_adaptive):
-    """A trained module's scale-head, map and decoder options survive spec -> plain JSON -> SCRD."""
+    """A trained module's scale-head and map options survive spec -> plain JSON -> SCRD."""
     from monai_scrd.networks import SCRD
     from monai_scrd.registry import ModelSpec
     from monai_scrd.registry.api import spec_from_network
 
     net = SCRD("efficientnet_lite0", pretrained=False, scale_adaptive=scale_adaptive, sigma=2.0, alpha_temperature=2.0,
-               alpha_floor=0.3, scale_weighting="max", decoder="compact")
+               alpha_floor=0.3, scale_weighting="uniform")
     spec = ModelSpec(network=spec_from_network(net))
     rebuilt = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).build_network()
-    assert (rebuilt.decoder_layout, rebuilt.anomaly_map.scale_weighting, rebuilt.anomaly_map.sigma) == ("compact", "max", 2.0)
+    assert (rebuilt.anomaly_map.scale_weighting, rebuilt.anomaly_map.sigma) == ("uniform", 2.0)
     if scale_adaptive:
         assert (rebuilt.scale_head.temperature, rebuilt.scale_head.alpha_floor) == (2.0, 0.3)
     else:
         assert rebuilt.scale_head is None and "alpha_floor" not in spec.network
     rebuilt.load_state_dict(net.state_dict())  # strict: the same layers
+
+
+def test_readme_pyfunc_snippet_runs_as_written(registered, tmp_path, monkeypatch):
+    """The README's Python snippet, with only its tracking URI replaced, in a folder holding its three images: every
+    image scored like the core pieces score it, maps written into ./maps (issue 21: its map_dir was refused)."""
+    import re
+    import shutil
+
+    import pandas as pd
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        blocks = re.findall(r"^```python[ \t]*\n(.*?)^```", f.read(), re.M | re.S)
+    snippet = next(b for b in blocks if "map_dir" in b)
+    readme_uri = re.search(r'"(sqlite:///[^"]+)"', snippet).group(1)
+    imgs = registered["images"]
+    for kind, name in (("png", "a.png"), ("dicom", "b.dcm"), ("nifti", "c.nii.gz")):
+        shutil.copy(imgs[kind], tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRD_DEVICE", "cpu")
+    for name in ("SCRD_INPUT_ROOTS", "SCRD_OUTPUT_ROOTS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    namespace: dict = {}
+    try:
+        exec(compile(snippet.replace(readme_uri, registered["uri"]), "README.md", "exec"), namespace)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    out = namespace["out"]
+    assert isinstance(out, pd.DataFrame) and list(out["error"]) == ["", "", ""], out.to_dict("records")
+    expected = direct_scores(registered["net"], [imgs[k] for k in GOOD])
+    assert np.allclose(out["score"].astype(float), expected, atol=TOL)
+    maps = os.path.realpath(tmp_path / "maps")
+    assert all(os.path.isfile(p) and os.path.realpath(p).startswith(maps + os.sep) for p in out["map_path"]), out["map_path"]
+
+
+def test_predict_cli_names_the_input_roots_and_writes_its_map_dir(registered, tmp_path, monkeypatch, capsys):
+    """``registry predict``: a file outside SCRD_INPUT_ROOTS gets a row error naming the variable (as does --help);
+    the --map-dir of the command line is written (it was refused: no SCRD_OUTPUT_ROOTS)."""
+    import csv
+    import shutil
+
+    from monai_scrd.registry.__main__ import build_parser, main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    inside = str(work / "a.png")
+    shutil.copy(registered["images"]["png"], inside)
+    outside = registered["images"]["dicom"]  # exists, outside the working directory
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("SCRD_DEVICE", "cpu")
+    monkeypatch.delenv("SCRD_INPUT_ROOTS", raising=False)
+    monkeypatch.delenv("SCRD_OUTPUT_ROOTS", raising=False)
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["predict"]
+    assert "SCRD_INPUT_ROOTS" in sub.format_help()
+    code = main(["predict", "--model-uri", "models:/scrd@champion", "--tracking-uri", registered["uri"],
+                 "--map-dir", str(tmp_path / "maps"), inside, outside])
+    printed = capsys.readouterr()
+    rows = list(csv.DictReader(printed.out.splitlines()))
+    assert code == 1 and len(rows) == 2, printed.err[-2000:]  # 1: a row failed
+    assert rows[0]["error"] == "" and os.path.isfile(rows[0]["map_path"])
+    assert os.path.dirname(rows[0]["map_path"]) == str(tmp_path / "maps")
+    assert rows[1]["error"] == (f"{outside}: no such image file in the folders this model may read (SCRD_INPUT_ROOTS; "
+                                "default: the working directory)")
+
+
+@pytest.mark.slow
+def test_label_server_serves_the_registered_model(registered, tmp_path):
+    """``python -m monai_scrd.label serve --model-uri models:/scrd@champion`` serves that registered version, not the
+    model an earlier training of the app published (issue 21), and says which at start and in /info/."""
+    from test_label import _require_label_venv
+    from test_registry_support import train_tiny_bundle
+
+    _require_label_venv()
+    app = tmp_path / "app"
+    train_tiny_bundle(str(app / "model" / "scrd"), seed=7)  # what the app's train task had published
+    stale_thr = json.load(open(app / "model" / "scrd" / "models" / "threshold.json"))["threshold"]
+    thr = json.load(open(os.path.join(registered["bundle"], "models", "threshold.json")))["threshold"]
+    assert stale_thr != pytest.approx(thr)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    png = registered["images"]["png"]
+    import shutil
+
+    shutil.copy(png, studies / "case.png")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = clean_env(MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"), PYTHONPATH=REPO)
+    cmd = [PYTHON, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--model-uri", "models:/scrd@champion",
+           "--tracking-uri", registered["uri"], "--app-dir", str(app), "--host", "127.0.0.1", "--port", str(port),
+           "--device", "cpu"]
+    log = tmp_path / "server.log"
+    with running_server(cmd, base + "/info/", log, cwd=tmp_path, env=env, timeout=300):
+        served = json.loads(urllib.request.urlopen(base + "/info/", timeout=10).read().decode())["models"]["scrd"]
+        assert served["threshold"] == pytest.approx(thr)
+        assert {k: served["served"].get(k) for k in ("source", "model_uri", "name", "version", "alias")} == {
+            "source": "registry", "model_uri": "models:/scrd@champion", "name": "scrd", "version": "1", "alias": "champion"}
+        assert served["served"]["threshold"] == pytest.approx(thr)
+        req = urllib.request.Request(f"{base}/infer/scrd?image=case&output=json", data=b"", method="POST")
+        res = json.loads(urllib.request.urlopen(req, timeout=120).read().decode())
+        assert abs(res["score"] - direct_scores(registered["net"], [png])[0]) <= TOL
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "SCRD serves" in ln]
+        assert len(lines) == 1 and lines[0].endswith(
+            f"SCRD serves registered model models:/scrd@champion (scrd version 1 @champion, run "
+            f"{registered['version'].run_id}), threshold {thr:.6g}"), lines

@@ -1,9 +1,11 @@
 """Security and robustness (issue 13): each numbered finding's attack, and the safe outcome.
 
 1. MONAI Label server: absolute paths, ``..`` and symbolic links out of the studies folder answer the same 404 as a
-   missing image; CORS is off. 2. The pyfunc reads only under its input roots (same row error for missing and not
-   allowed) and writes maps only under its output roots. 3. A registered model loads without unpickling: tampered
-   artifacts are refused and no marker file appears. 4. Pixel budget from the header; resizing linear in pixels.
+   missing image, on ``/infer`` and ``/datastore/`` (read, list, upload, delete, label); CORS is off. 2. The pyfunc
+   reads only under its input roots (same row error for missing and not allowed, naming SCRD_INPUT_ROOTS) and writes
+   maps only under its output roots. 3. A registered model loads without unpickling: tampered artifacts are refused,
+   an MLmodel switched to a pickle is refused by our loaders whatever MLFLOW_ALLOW_PICKLE_DESERIALIZATION says, and no
+   marker file appears. 4. Pixel budget from the header; resizing linear in pixels.
 5. File names of any bytes survive CSV outputs; errors.csv is always written. 6. Silent wrong answers are refused:
    another image size than the trained one, repeated or overlapping datalist entries, unreadable validation images.
 7. Errors are one line. 8. Rows are flushed as they are scored.
@@ -121,10 +123,49 @@ def test_1_label_server_reads_only_its_studies(model_dirs, tmp_path):
             # the same answer for a file outside the studies folder as for one that does not exist
             assert code == 404, (attack, code, detail)
             assert detail == f"image {attack!r} is not in the studies folder (list them with GET /datastore/?output=all)"
+        # /datastore/ is contained like /infer: the link to a file outside is neither listed, served, described,
+        # overwritten nor deleted; ids and label tags that leave the folder are refused
+        secret_bytes = secret.read_bytes()
+        listed = json.loads(urllib.request.urlopen(f"{base}/datastore/?output=all", timeout=10).read().decode())
+        assert "case" in listed["objects"] and "link" not in listed["objects"], listed
+        status = json.loads(urllib.request.urlopen(f"{base}/datastore/", timeout=10).read().decode())
+        assert status["total"] == 1, status
+        with urllib.request.urlopen(f"{base}/datastore/image?image=case", timeout=10) as r:
+            assert r.read() == (studies / "case.png").read_bytes()
+        assert _call(f"{base}/datastore/image?image=link")[0] == 404
+        assert _call(f"{base}/datastore/image?image=link", "HEAD")[0] == 404
+        code, body = _call(f"{base}/datastore/image/info?image=link")
+        assert code == 200 and body == b"{}", body  # as for an image that is not there: no path, no info
+        code, body = _call(f"{base}/datastore/image?image=link", "PUT", _multipart("file", "x.png", b"overwritten"))
+        assert code == 400, (code, body)
+        code, body = _call(f"{base}/datastore/image?image=..%2Foutside%2Fnew", "PUT", _multipart("file", "x.png", b"new"))
+        assert code == 400, (code, body)
+        assert _call(f"{base}/datastore/image?id=link", "DELETE")[0] == 404
+        code, body = _call(f"{base}/datastore/label?image=case&tag=..%2F..%2Foutside", "PUT", _multipart("label", "l.png", b"label"))
+        assert code == 400, (code, body)
+        assert secret.read_bytes() == secret_bytes and sorted(os.listdir(secret.parent)) == ["secret.png"]
         # CORS is off: a browser page of another origin gets no Access-Control-Allow-Origin
         req = urllib.request.Request(base + "/info/", headers={"Origin": "http://evil.example"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.headers.get("access-control-allow-origin") is None
+
+
+def _multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    boundary = "scrdtestboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _call(url: str, method: str = "GET", data: tuple[bytes, str] | None = None) -> tuple[int, bytes]:
+    """``(status, body)`` of a request, errors included."""
+    body, ctype = data if data else (None, None)
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype} if ctype else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 # ------------------------------------------------------------------------------------------------ 2. pyfunc roots
@@ -148,7 +189,8 @@ def test_2_pyfunc_reads_and_writes_only_under_its_roots(model_dirs, tmp_path):
     out = model.predict(pd.DataFrame({"image": [good, *attacks]}))
     assert out["error"][0] == "" and out["score"][0] is not None
     for row in out.iloc[1:].itertuples():
-        assert row.error == f"{row.image}: no such image file in the folders this model may read", row
+        assert row.error == (f"{row.image}: no such image file in the folders this model may read (SCRD_INPUT_ROOTS; "
+                             "default: the working directory)"), row
         assert row.score is None and row.is_anomaly is None
     # outputs: only under SCRD_OUTPUT_ROOTS
     evil = tmp_path / "evil_maps"
@@ -164,7 +206,7 @@ def test_2_pyfunc_reads_and_writes_only_under_its_roots(model_dirs, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 3. no unpickling
-def test_3_registered_model_loads_without_unpickling(model_dirs, tmp_path):
+def test_3_registered_model_loads_without_unpickling(model_dirs, tmp_path, monkeypatch, capsys):
     import shutil
 
     import yaml
@@ -206,6 +248,49 @@ def test_3_registered_model_loads_without_unpickling(model_dirs, tmp_path):
         with pytest.raises(Exception, match="model spec|network argument"):
             _load_pyfunc(c)
     assert not (tmp_path / "marker_c").exists()
+
+    # (d) the MLmodel switched to a pickled python_model.pkl, or to a loader module that unpickles its data: our
+    #     loaders refuse it before MLflow sees it, with MLflow's own default (pickles allowed) in the environment
+    from monai_scrd.registry import RegistryError
+    from monai_scrd.registry.__main__ import main as registry_main
+
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    monkeypatch.setenv("SCRD_DEVICE", "cpu")
+    marker_d = tmp_path / "marker_d"
+    image = _png(tmp_path / "d.png")
+    for i, (flavor, reason) in enumerate(((
+            {"python_model": "python_model.pkl"}, "it is a pickled Python model"),
+            ({"loader_module": "mlflow.sklearn", "data": "model.pkl"}, "its loader module is 'mlflow.sklearn'"))):
+        d = str(tmp_path / f"d{i}")
+        shutil.copytree(src, d)
+        spec = yaml.safe_load(open(os.path.join(d, "MLmodel")))
+        spec["flavors"]["python_function"].pop("model_code_path")
+        spec["flavors"]["python_function"].update(flavor)
+        with open(os.path.join(d, "MLmodel"), "w") as f:
+            yaml.safe_dump(spec, f)
+        for name in ("python_model.pkl", "model.pkl"):
+            with open(os.path.join(d, name), "wb") as f:
+                pickle.dump(_Marker(str(marker_d)), f)
+        monkeypatch.chdir(tmp_path)
+        try:
+            code = registry_main(["predict", "--model-uri", d, image])
+        except Exception as e:  # noqa: BLE001 - what the unpickled object does next does not matter
+            code = e
+        err = capsys.readouterr().err
+        assert not marker_d.exists(), "registry predict unpickled the model"
+        assert code == 2, code
+        assert err.startswith(f"error: {d}{os.sep}MLmodel: refused, not an SCRD model from code: {reason}"), err
+        assert err.count("\n") == 1, err  # one line
+        from monai_scrd.registry import load_model
+
+        with pytest.raises(RegistryError, match=reason):
+            load_model(d)
+        assert not marker_d.exists()
+    # the same model as saved loads with our loader, and scores
+    import pandas as pd
+
+    model = load_model(src, input_roots=[tmp_path])
+    assert model.predict(pd.DataFrame({"image": [image]}))["error"][0] == ""
 
 
 # ------------------------------------------------------------------------------------------------ 4. big images
@@ -381,9 +466,14 @@ def test_6_refuses_silent_wrong_answers(tmp_path):
     thr.write_text(json.dumps({"threshold": 0.5, "score_reduction": "top5%", "scale_weighting": "uniform"}))
     with pytest.raises(ConfigError, match="trained with score_reduction='top5%', not 'mean'"):
         Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="uniform"), score_reduction="mean", threshold=str(thr))
-    with pytest.raises(ConfigError, match="trained with scale_weighting='uniform', not 'max'"):
-        Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="max"), score_reduction="top5%", threshold=str(thr))
+    with pytest.raises(ConfigError, match="trained with scale_weighting='uniform', not 'alpha'"):
+        Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="alpha"), score_reduction="top5%", threshold=str(thr))
     Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="uniform"), score_reduction="top5%", threshold=str(thr))
+    # ... or a threshold of the removed scale weighting "max" (no network can score that way any more)
+    thr.write_text(json.dumps({"threshold": 0.5, "score_reduction": "mean", "scale_weighting": "max"}))
+    with pytest.raises(ConfigError) as err:
+        Scorer(SCRD("efficientnet_lite0", pretrained=False, scale_weighting="uniform"), score_reduction="mean", threshold=str(thr))
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{thr}: scale_weighting='max' was removed")
 
     for i in range(3):
         _png(tmp_path / f"n{i}.png")

@@ -4,19 +4,27 @@ SCRDLabelApp`` (``python -m monai_scrd.label app DIR`` writes one).
 ``--conf`` keys (``monailabel start_server ... --conf KEY VALUE``):
 
 * ``models``: the infer task's name (default ``scrd``);
-* ``model_uri`` (+ ``tracking_uri``): serve a registered MLflow model, e.g. ``models:/scrd@champion``;
-* ``bundle``: else serve this trained bundle folder (``models/model.pt``, ``models/threshold.json``, ``configs/``),
-  with optional ``checkpoint``, ``threshold``, ``config_file``, ``image_size``;
+* ``model_uri`` (+ ``tracking_uri``): serve this registered MLflow model, e.g. ``models:/scrd@champion`` (resolved to
+  its version at start);
+* ``bundle``: or serve this trained bundle folder (``models/model.pt``, ``models/threshold.json``, ``configs/``),
+  with optional ``checkpoint``, ``threshold``, ``config_file``, ``image_size`` (default: ``$SCRD_BUNDLE``, else the
+  repository's ``bundles/scrd``); ``model_uri`` and ``bundle`` together are refused;
 * ``device``: ``cpu``/``cuda`` (default: CUDA when available);
 * ``extensions``: comma-separated file patterns of the studies folder (default PNG/JPEG/DICOM/NIfTI);
 * ``train``: ``false`` leaves out the train task (default ``true``);
 * ``train_bundle``: bundle whose ``configs/train.json`` the train task runs (default: ``bundle`` when it has one,
   else ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``).
 
-Training (:mod:`monai_scrd.label.train`, ``POST /train/<models>``) publishes a bundle to ``<app_dir>/model/<models>/``;
-from then on (and after a restart) that trained bundle is what the infer task serves, reloaded on the next request.
-Without any trained weights (e.g. a fresh ``bundles/scrd`` and an empty app folder) the server starts with the train
-task only, and the infer task appears once a training has finished.
+**Which model is served**: exactly the one configured (``model_uri``, or a ``bundle`` with trained weights, or an
+explicit ``checkpoint``), for the server's whole life; training does not replace it. Only when the configured bundle has
+no trained weights (a bundle used as the training recipe) does the server serve what its train task publishes
+(:mod:`monai_scrd.label.train`, ``POST /train/<models>``, into ``<app_dir>/model/<models>/``): from the next request
+after a training, and after a restart; until then it has the train task only. The server logs which model it serves at
+start (one line: source, version or path, threshold; ``describe_served``), and ``GET /info/`` shows it as
+``models.<name>.served``.
+
+The datastore (``/datastore/``) is :class:`monai_scrd.label.datastore.ContainedDatastore`: it lists, serves and writes
+only files inside the studies folder, symbolic links resolved.
 
 Requests for an unknown model or image answer HTTP 404, unreadable images 422, each with a one-line ``detail``.
 Images are read only from the studies folder: an image id of the datastore, or a path that resolves (symbolic links
@@ -30,11 +38,12 @@ import os
 import threading
 
 from monailabel.config import settings
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 
-from monai_scrd.label.infer import SCRDInferTask, http_error, load_scorer
+from monai_scrd.label.datastore import ContainedDatastore
+from monai_scrd.label.infer import SCRDInferTask, bundle_folder, describe_served, http_error, load_scorer
 from monai_scrd.label.train import SCRDTrainTask
+from monai_scrd.registry.spec import bundle_checkpoint
 from monai_scrd.scoring import resolve_inside
 
 __all__ = ["SCRDLabelApp", "DEFAULT_EXTENSIONS"]
@@ -66,18 +75,26 @@ class SCRDLabelApp(MONAILabelApp):
         self.model_name = conf.get("models", "scrd").split(",")[0].strip() or "scrd"
         self.trained_dir = os.path.join(os.path.abspath(app_dir), "model", self.model_name)
         self._model_lock = threading.Lock()
-        self._served_signature = _weights_signature(self.trained_dir)
-        if self._served_signature is not None:  # an earlier training of this app wins over the configured model
-            logger.info(f"serving the model trained in this app: {self.trained_dir}")
-            self.spec, self.scorer = load_scorer({"bundle": self.trained_dir, "device": conf.get("device", "")})
+        self._device = conf.get("device", "")
+        self.spec, self.scorer, self.served = None, None, None
+        # True when the configured bundle has no weights: the server then serves what its train task publishes
+        self.serves_training = False
+        self._served_signature = None
+        if conf.get("model_uri") and conf.get("bundle"):
+            raise ValueError("--conf model_uri and --conf bundle name two models to serve: give one")
+        if conf.get("model_uri") or conf.get("checkpoint") or self._bundle_has_weights(conf):
+            self.spec, self.scorer, self.served = load_scorer(conf)  # exactly this model, never replaced
+            logger.info(f"SCRD serves {describe_served(self.served)}")
         else:
-            try:
-                self.spec, self.scorer = load_scorer(conf)
-            except FileNotFoundError as e:
-                if conf.get("model_uri") or conf.get("checkpoint"):
-                    raise
-                logger.warning(f"no trained weights to serve yet ({e}); train with POST /train/{self.model_name}")
-                self.spec, self.scorer = None, None
+            self.serves_training = True
+            bundle = bundle_folder(conf)
+            self._served_signature = _weights_signature(self.trained_dir)
+            if self._served_signature is not None:  # an earlier training of this app
+                self._load_trained()
+                logger.info(f"SCRD serves {describe_served(self.served)} (bundle {bundle} has no trained weights)")
+            else:
+                logger.info(f"SCRD serves no model yet: bundle {bundle} has no trained weights; the model that "
+                            f"POST /train/{self.model_name} publishes to {self.trained_dir} is served once trained")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -88,12 +105,27 @@ class SCRDLabelApp(MONAILabelApp):
             labels=["anomaly"],
         )
 
+    @staticmethod
+    def _bundle_has_weights(conf: dict) -> bool:
+        bundle = bundle_folder(conf)
+        if not os.path.isdir(bundle):
+            raise ValueError(f"bundle {bundle}: no such folder")
+        try:
+            bundle_checkpoint(bundle, conf.get("config_file") or None)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _load_trained(self) -> None:
+        spec, scorer, served = load_scorer({"bundle": self.trained_dir, "device": self._device})
+        self.spec, self.scorer, self.served = spec, scorer, {**served, "source": "app training"}
+
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
         ext = self.conf.get("extensions")
         extensions = [e.strip() for e in ext.split(",") if e.strip()] if ext else list(DEFAULT_EXTENSIONS)
-        return LocalDatastore(
+        return ContainedDatastore(
             self.studies,
             extensions=extensions,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
@@ -101,7 +133,7 @@ class SCRDLabelApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {self.model_name: SCRDInferTask(self.spec, self.scorer)}
+        return {self.model_name: SCRDInferTask(self.spec, self.scorer, served=self.served)}
 
     def _train_bundle(self) -> str | None:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,10 +150,15 @@ class SCRDLabelApp(MONAILabelApp):
         if source is None:
             logger.warning("no bundle with configs/train.json (--conf train_bundle DIR): no train task")
             return {}
-        return {self.model_name: SCRDTrainTask(source, self.trained_dir, device=self.conf.get("device") or None)}
+        served_after = None if self.serves_training else describe_served(self.served)
+        return {self.model_name: SCRDTrainTask(source, self.trained_dir, device=self.conf.get("device") or None,
+                                               serving_instead=served_after)}
 
     def _refresh_model(self) -> None:
-        """Serve the trained bundle when a training published new weights since the model was loaded."""
+        """Serve the trained bundle when a training published new weights since the model was loaded (only when the
+        configured bundle has no weights of its own: a model given by URI or a trained bundle is never replaced)."""
+        if not self.serves_training:
+            return
         signature = _weights_signature(self.trained_dir)
         if signature is None or signature == self._served_signature:
             return
@@ -129,14 +166,16 @@ class SCRDLabelApp(MONAILabelApp):
             if signature == self._served_signature:
                 return
             self._served_signature = signature  # tried once per published model, also when it fails to load
+            previous = self.spec, self.scorer, self.served
             try:
-                spec, scorer = load_scorer({"bundle": self.trained_dir, "device": self.conf.get("device", "")})
+                self._load_trained()
             except Exception as e:  # noqa: BLE001 - keep serving the current model
-                logger.error(f"cannot load the newly trained model {self.trained_dir} ({e}); still serving the previous one")
+                self.spec, self.scorer, self.served = previous
+                logger.error(f"cannot load the newly trained model {self.trained_dir} ({e}); still serving {describe_served(self.served)}")
                 return
             infer = self._infers[self.model_name]
-            self.spec, self.scorer = infer.spec, infer.scorer = spec, scorer
-            logger.info(f"now serving the newly trained model {self.trained_dir}")
+            infer.spec, infer.scorer, infer.served = self.spec, self.scorer, self.served
+            logger.info(f"SCRD now serves {describe_served(self.served)}")
 
     def info(self):
         self._refresh_model()

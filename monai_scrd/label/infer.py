@@ -6,7 +6,6 @@ so scores are exactly those of the bundle's evaluation and inference and of the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -16,11 +15,10 @@ from typing import Any
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from monai_scrd.registry.api import tracking_uri_context
-from monai_scrd.registry.spec import ModelSpec, scorer_from_bundle, scorer_from_dir
+from monai_scrd.registry.spec import ModelSpec, bundle_checkpoint, scorer_from_bundle, scorer_from_dir
 from monai_scrd.scoring import Scorer, save_map
 
-__all__ = ["SCRDInferTask", "InferRequestError", "load_scorer"]
+__all__ = ["SCRDInferTask", "InferRequestError", "load_scorer", "describe_served", "bundle_folder"]
 
 logger = logging.getLogger("monai_scrd.label")
 
@@ -47,46 +45,78 @@ def http_error(status_code: int, detail: str) -> Exception:
 MAP_FORMATS = ("nii.gz", "npy", "png")
 
 
-def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Scorer]:
-    """The SCRD model an app serves, from its ``--conf`` values:
-
-    * ``model_uri`` (+ optional ``tracking_uri``): a registered MLflow model, e.g. ``models:/scrd@champion``;
-    * else ``bundle`` (default ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``) with optional ``checkpoint``,
-      ``threshold`` (number or JSON file), ``config_file`` and ``image_size`` (override of the bundle's value).
-
-    Returns ``(spec, scorer)``.
-    """
-    device = device or conf.get("device") or None
-    model_uri = conf.get("model_uri")
-    if model_uri:
-        import mlflow
-
-        uri = conf.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-        with tracking_uri_context(uri) if uri else contextlib.nullcontext():
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
-        art = os.path.join(local, "artifacts")
-        return scorer_from_dir(art if os.path.isdir(art) else local, device=device)
+def bundle_folder(conf: dict) -> str:
+    """The bundle an app's ``--conf`` names: ``bundle``, else ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``."""
     bundle = conf.get("bundle") or os.environ.get("SCRD_BUNDLE")
     if not bundle:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         bundle = os.path.join(here, "bundles", "scrd")
-    overrides = {}
-    if conf.get("image_size"):
-        overrides["image_size"] = int(conf["image_size"])
-    threshold = conf.get("threshold") or None
-    if threshold is not None:
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            pass
-    return scorer_from_bundle(
-        bundle,
-        checkpoint=conf.get("checkpoint") or None,
-        config_file=conf.get("config_file") or None,
-        overrides=overrides,
-        threshold=threshold,
-        device=device,
-    )
+    return os.path.abspath(bundle)
+
+
+def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Scorer, dict]:
+    """The SCRD model an app serves, exactly as its ``--conf`` values name it:
+
+    * ``model_uri`` (+ optional ``tracking_uri``): a registered MLflow model, e.g. ``models:/scrd@champion``, resolved
+      to its version, checked to be SCRD's model from code (:func:`monai_scrd.registry.api.download_model`) and read
+      from its JSON spec and safetensors weights (nothing is unpickled or run);
+    * else ``bundle`` (see :func:`bundle_folder`) with optional ``checkpoint``, ``threshold`` (number or JSON file),
+      ``config_file`` and ``image_size`` (override of the bundle's value).
+
+    Returns ``(spec, scorer, served)``; ``served`` says what is served: ``source`` (``"registry"``, ``"mlflow model"``
+    or ``"bundle"``), ``model_uri``/``name``/``version``/``alias``/``run_id`` or ``path``/``checkpoint``, and
+    ``threshold``. Raises ``FileNotFoundError`` when the bundle has no trained weights.
+    """
+    device = device or conf.get("device") or None
+    model_uri = conf.get("model_uri")
+    if model_uri:
+        from monai_scrd.registry.api import download_model
+
+        local, described = download_model(model_uri, conf.get("tracking_uri") or None)
+        art = os.path.join(local, "artifacts")
+        spec, scorer = scorer_from_dir(art if os.path.isdir(art) else local, device=device)
+        served = {"source": "registry" if "version" in described else "mlflow model", **described}
+    else:
+        bundle = bundle_folder(conf)
+        if not os.path.isdir(bundle):
+            raise ValueError(f"bundle {bundle}: no such folder")
+        overrides = {}
+        if conf.get("image_size"):
+            overrides["image_size"] = int(conf["image_size"])
+        threshold = conf.get("threshold") or None
+        if threshold is not None:
+            try:
+                threshold = float(threshold)
+            except ValueError:
+                pass
+        checkpoint = conf.get("checkpoint") or bundle_checkpoint(bundle, conf.get("config_file") or None)
+        spec, scorer = scorer_from_bundle(
+            bundle,
+            checkpoint=checkpoint,
+            config_file=conf.get("config_file") or None,
+            overrides=overrides,
+            threshold=threshold,
+            device=device,
+        )
+        served = {"source": "bundle", "path": bundle, "checkpoint": os.path.abspath(checkpoint)}
+    served["threshold"] = scorer.threshold
+    return spec, scorer, served
+
+
+def describe_served(served: dict | None) -> str:
+    """One line naming the served model: source, version or path, threshold."""
+    if not served:
+        return "no model"
+    thr = served.get("threshold")
+    thr_text = "no decision threshold" if thr is None else f"threshold {thr:.6g}"
+    if served.get("source") == "registry":
+        alias = f" @{served['alias']}" if served.get("alias") else ""
+        run = f", run {served['run_id']}" if served.get("run_id") else ""
+        return f"registered model {served['model_uri']} ({served['name']} version {served['version']}{alias}{run}), {thr_text}"
+    if served.get("source") == "mlflow model":
+        return f"MLflow model {served['model_uri']}, {thr_text}"
+    what = "the model trained in this app" if served.get("source") == "app training" else "bundle"
+    return f"{what} {served.get('path')} (weights {served.get('checkpoint')}), {thr_text}"
 
 
 class SCRDInferTask(InferTask):
@@ -101,13 +131,16 @@ class SCRDInferTask(InferTask):
         spec: what the model is (network, preprocessing, threshold, bundle metadata).
         scorer: the loaded model.
         description: shown in ``/info/``.
+        served: where the model comes from (see :func:`load_scorer`), shown in ``/info/`` as ``served``.
     """
 
-    def __init__(self, spec: ModelSpec, scorer: Scorer, description: str = "SCRD unsupervised anomaly detection (score + heatmap)"):
+    def __init__(self, spec: ModelSpec, scorer: Scorer, description: str = "SCRD unsupervised anomaly detection (score + heatmap)",
+                 served: dict | None = None):
         config = {"map_format": "nii.gz", "map_size": "original"}
         super().__init__(type=InferType.CLASSIFICATION, labels=["anomaly"], dimension=2, description=description, config=config)
         self.spec = spec
         self.scorer = scorer
+        self.served = served
 
     def is_valid(self) -> bool:
         return self.scorer is not None  # an app without trained weights yet (see its train task)
@@ -125,6 +158,7 @@ class SCRDInferTask(InferTask):
                 "color_mode": self.scorer.preprocessing["color_mode"] or "grayscale",
                 "score_reduction": self.scorer.score_reduction,
                 "bundle": {k: spec.metadata.get(k) for k in ("name", "version") if k in spec.metadata},
+                "served": dict(self.served or {}),
             }
         )
         return d

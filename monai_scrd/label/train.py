@@ -1,5 +1,6 @@
 """MONAI Label train task for SCRD: trains on the datastore's studies marked normal with the bundle's own training
-workflow, and publishes the trained bundle where the app's infer task picks it up.
+workflow, and publishes the trained bundle, which the app's infer task serves when the app was started with a
+bundle without trained weights (a model URI or a trained bundle stays served: see :mod:`monai_scrd.label.app`).
 
 * **Normal studies**: images whose datastore info has ``"normal": true``, set per image with
   ``PUT /datastore/image/info?image=<id>`` and the form field ``info={"normal": true}``. Training refuses to start
@@ -138,14 +139,18 @@ class SCRDTrainTask(TrainTask):
         output_dir: where the trained bundle is published (``<app_dir>/model/<name>``).
         device: default device (``cpu``/``cuda``; default CUDA when available); a request's ``device`` wins.
         description: shown in ``/info/``.
+        serving_instead: the model the server serves whatever is trained (a model URI or a trained bundle), named in
+            the final message; None when the server serves what this task publishes.
     """
 
     def __init__(self, source_bundle: str, output_dir: str, device: str | None = None,
-                 description: str = "Train SCRD on the studies marked normal (image info {\"normal\": true})"):
+                 description: str = "Train SCRD on the studies marked normal (image info {\"normal\": true})",
+                 serving_instead: str | None = None):
         super().__init__(description)
         self.source_bundle = os.path.abspath(source_bundle)
         self.output_dir = os.path.abspath(output_dir)
         self.device = device
+        self.serving_instead = serving_instead
         with open(os.path.join(self.source_bundle, "configs", "train.json")) as f:
             self.train_config = json.load(f)
 
@@ -166,7 +171,8 @@ class SCRDTrainTask(TrainTask):
 
     def info(self) -> dict[str, Any]:
         d = super().info()
-        d.update(source_bundle=self.source_bundle, output_dir=self.output_dir, normal_key=NORMAL_KEY)
+        d.update(source_bundle=self.source_bundle, output_dir=self.output_dir, normal_key=NORMAL_KEY,
+                 served_after_training=not self.serving_instead)
         return d
 
     def stats(self) -> dict[str, Any]:
@@ -272,7 +278,12 @@ class SCRDTrainTask(TrainTask):
         stats = {**self.stats(), "status": "DONE", "threshold": threshold, "end_ts": int(time.time())}
         _write_json(os.path.join(staging, STATS_FILE), stats)
         self._publish(staging)
-        print(f"SCRD training: done; model published to {self.output_dir} (threshold {threshold})", flush=True)
+        if self.serving_instead:
+            after = (f"this server keeps serving {self.serving_instead}; serve the new model with "
+                     f"`python -m monai_scrd.label serve --bundle {self.output_dir} ...` or register it")
+        else:
+            after = "served from the next request"
+        print(f"SCRD training: done; model published to {self.output_dir} (threshold {threshold}); {after}", flush=True)
         return stats
 
     @staticmethod

@@ -3,7 +3,9 @@
 The logged model carries the weights (``model.safetensors``), the :class:`~monai_scrd.registry.spec.ModelSpec`
 (network arguments, preprocessing arguments, score reduction, fitted decision threshold, bundle metadata), a
 signature, an input example and, by default, a copy of the ``monai_scrd`` code, so it loads in a fresh process
-anywhere (``mlflow.pyfunc.load_model("models:/scrd@champion")``) with only the third-party requirements installed.
+anywhere with only the third-party requirements installed. :func:`~monai_scrd.registry.api.load_model`
+(``load_model("models:/scrd@champion")``) loads it as a pyfunc after checking that it is SCRD's "model from code",
+with MLflow's pickle loading off, so that loading never unpickles.
 
 Command line (see ``python -m monai_scrd.registry --help``)::
 
@@ -32,6 +34,9 @@ _EXPORTS = {
         "resolve_tracking_uri",
         "RegisterModelHandler",
         "RegistryError",
+        "load_model",
+        "download_model",
+        "check_code_model",
     ],
     "spec": ["ModelSpec", "spec_from_bundle", "write_model_dir", "build_scorer", "scorer_from_dir", "scorer_from_bundle"],
 }

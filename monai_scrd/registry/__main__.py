@@ -69,12 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--alias", required=True)
     a.add_argument("--tracking-uri")
 
-    s = sub.add_parser("predict", help="score image files with a registered model (prints CSV)")
+    s = sub.add_parser(
+        "predict",
+        help="score image files with a registered model (prints CSV)",
+        description="Score image files with a registered SCRD model and print CSV rows (image, score, is_anomaly, error, "
+        "map_path). Images are read only inside the folders of $SCRD_INPUT_ROOTS (separated by ':'; default: the "
+        "working directory): a file elsewhere gets the row error 'no such image file in the folders this model may "
+        "read (SCRD_INPUT_ROOTS ...)'. The model is checked to be SCRD's model from code and loaded without unpickling.",
+    )
     s.add_argument("--model-uri", required=True, help="e.g. models:/scrd@champion")
-    s.add_argument("--tracking-uri")
-    s.add_argument("--map-dir", help="write anomaly maps here (and print their paths)")
+    s.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    s.add_argument("--map-dir", help="write anomaly maps into this folder (and print their paths)")
     s.add_argument("--map-format", default="nii.gz", choices=["nii.gz", "npy", "png"])
-    s.add_argument("images", nargs="+")
+    s.add_argument("images", nargs="+",
+                   help="image files (PNG/JPEG/DICOM/NIfTI) inside the folders of $SCRD_INPUT_ROOTS (default: the working directory)")
     for sub_parser in (r, s):
         sub_parser.add_argument("--progress", action="store_true", help="show MLflow's artifact progress bars")
     return p
@@ -96,7 +104,6 @@ def _command(args) -> int:
         register_run,
         resolve_tracking_uri,
         set_alias,
-        tracking_uri_context,
     )
 
     try:
@@ -128,11 +135,12 @@ def _command(args) -> int:
             set_alias(args.name, args.version, args.alias, args.tracking_uri)
             print(json.dumps({"name": args.name, "version": int(args.version), "alias": args.alias}))
         elif args.command == "predict":
-            import mlflow
             import pandas as pd
 
-            with tracking_uri_context(resolve_tracking_uri(args.tracking_uri)):
-                model = mlflow.pyfunc.load_model(args.model_uri)
+            from monai_scrd.registry.api import load_model
+
+            # the map folder named on this command line is allowed for outputs (a REST client's map_dir is not)
+            model = load_model(args.model_uri, args.tracking_uri, output_roots=[args.map_dir] if args.map_dir else None)
             params = {"return_map": bool(args.map_dir), "map_dir": args.map_dir or "", "map_format": args.map_format}
             # an object column: file names that are not UTF-8 do not fit pandas' Arrow-backed strings
             out = model.predict(pd.DataFrame({"image": pd.Series(args.images, dtype=object)}), params=params)
@@ -142,6 +150,13 @@ def _command(args) -> int:
             return 1 if (out["error"] != "").any() else 0
     except (RegistryError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # MLflow's own errors (unknown model, refused parameter...): its first line
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(e, MlflowException):
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     return 0
 

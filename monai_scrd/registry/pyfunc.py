@@ -22,7 +22,8 @@ Containment (read when the model is loaded): images are read only inside the fol
 (``os.pathsep``-separated; default: the working directory of the process that loads the model), after resolving
 symbolic links; a path outside them gets the same row error as a missing file. Maps are written only into a
 ``map_dir`` inside ``SCRD_OUTPUT_ROOTS`` (default: none, so a given ``map_dir`` is refused), or, without ``map_dir``,
-into a new private temporary folder.
+into a new private temporary folder. :func:`monai_scrd.registry.load_model` sets both for the process that loads the
+model (its ``input_roots`` and ``output_roots``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ __all__ = ["SCRDPyfuncModel", "INPUT_COLUMN", "OUTPUT_COLUMNS", "model_signature
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ["image", "score", "is_anomaly", "error", "map_path"]
 DEFAULT_PARAMS = {"return_map": False, "map_dir": "", "map_format": "nii.gz", "map_size": "original"}
+#: the row error of a file that is missing or outside the input roots (the same for both: a client learns nothing more)
+NOT_IN_INPUT_ROOTS = "no such image file in the folders this model may read (SCRD_INPUT_ROOTS; default: the working directory)"
 
 
 def model_signature():
@@ -109,6 +112,12 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
     The device is CUDA when available, else CPU; set ``SCRD_DEVICE`` (e.g. ``cpu``) to choose.
     """
 
+    # ``predict`` has no type hint on purpose (the signature given when logging describes the input; a hint would
+    # make MLflow convert and validate it again): this tells MLflow not to wrap it for type-hint validation, and so
+    # not to warn "Add type hints to the `predict` method" (in raw ANSI colour) wherever this module is imported.
+    # MLflow's own PythonModel subclasses (ChatModel...) set the same attribute.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         from monai_scrd.registry.spec import ModelSpec, build_scorer
         from monai_scrd.scoring import roots_from_env
@@ -150,12 +159,13 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
             if not any(is_inside(real_dir, r) for r in self.output_roots):
                 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
-                raise MlflowException(f"map_dir {map_dir!r} is not inside the folders allowed for outputs (SCRD_OUTPUT_ROOTS)",
+                raise MlflowException(f"map_dir {map_dir!r} is not inside the folders allowed for outputs "
+                                      "(SCRD_OUTPUT_ROOTS; default: none, and without map_dir the maps go to a new temporary folder)",
                                       error_code=INVALID_PARAMETER_VALUE)
         real = [resolve_inside(p, self.input_roots) for p in paths]
         scored = iter(self.scorer.score([r for r in real if r is not None], return_maps=any(want_maps), map_size=map_size))
         results = [next(scored) if r is not None else
-                   ScoreResult(p, error=f"{p}: no such image file in the folders this model may read") for p, r in zip(paths, real)]
+                   ScoreResult(p, error=f"{p}: {NOT_IN_INPUT_ROOTS}") for p, r in zip(paths, real)]
         for p, r in zip(paths, results):
             r.path = p  # rows name the file as it was asked for
         map_paths: list[str] = [""] * len(paths)
