@@ -64,7 +64,7 @@ def one_seed(args, seed: int) -> dict:
         record["trained_earlier"] = json.loads((run_dir / "done").read_text())
     fit = [*bundle, "training", "--config_file", train, *common, "--model_dir", str(run_dir / "models"), "--resume_from", str(final)]
     evaluation = [*bundle, "evaluating", "--config_file", evaluate, *common, "--model_dir", str(run_dir / "models"),
-                  "--eval_dir", str(run_dir / "eval")]
+                  "--eval_dir", str(run_dir / "eval"), "--overwrite", "true"]  # a rerun replaces the earlier evaluation
     record["commands"].update(fit=fit, evaluate=evaluation)
     if args.reuse and (run_dir / "eval" / "metrics.json").is_file():  # steps 2-3 done by an earlier call
         record["reused"] = "fit and evaluation outputs of an earlier call (the same commands)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -13,6 +14,23 @@ __all__ = ["CheckpointError", "load_weights_file", "extract_state_dict", "load_s
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not fit the model it is loaded into."""
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in a few words, without PyTorch's advice to
+    retry with ``weights_only=False`` (which would run whatever code the file holds)."""
+    import pickle
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, EOFError) or "file is empty" in text:
+        return "the file is empty or cut short"
+    if "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated or corrupt: its zip archive cannot be read"
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return ("not a file of tensors: it holds other Python objects, is an old or foreign format, or is not a torch "
+                "file at all; such files are not unpickled, since that can run code")
+    first = text.split(". ")[0][:200] or type(exc).__name__
+    return f"not a torch.save file ({type(exc).__name__}: {first})"
 
 
 def load_weights_file(path: str | os.PathLike) -> dict:
@@ -28,10 +46,11 @@ def load_weights_file(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what is wrong
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint ({first_line})") from e
+        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint ({_load_failure(e)})") from e
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return dict(data)
@@ -72,8 +91,9 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping, source: str,
     if strict and unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     if problems:
-        differing = mismatched + (missing + unexpected if strict else [])
-        if all(k.startswith("decoder.") for k in differing):
-            problems.append("only the decoder differs: a model trained before the RD4AD decoder needs SCRD(decoder='compact')")
+        renamed = missing + unexpected if strict else []
+        if renamed and all(k.startswith("decoder.") for k in mismatched + renamed):  # another decoder layout
+            problems.append("only the decoder differs: a model of the removed compact decoder (decoder='compact', before the "
+                            "RD4AD decoder) cannot be loaded; retrain it")
         raise CheckpointError(f"{source}: checkpoint does not match {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=strict)

@@ -28,7 +28,7 @@ from monai.config import KeysCollection
 from monai.data.image_reader import ImageReader
 from monai.transforms import MapTransform, Transform
 
-from monai_scrd.data.errors import DataError, one_line
+from monai_scrd.data.errors import ConfigError, DataError, one_line
 from monai_scrd.data.formats import IMAGE_EXTENSIONS, detect_format, is_image_file
 
 __all__ = [
@@ -104,10 +104,24 @@ SPACING_ATOL = 0.01
 MAX_PIXELS = 2**27  # pixels (voxels) of one file or series, checked from the header before decoding
 
 
-def max_pixels() -> int:
-    """The pixel budget: ``$SCRD_MAX_PIXELS`` when set (0: none), else :data:`MAX_PIXELS` (134 million)."""
-    value = os.environ.get("SCRD_MAX_PIXELS", "").strip()
-    return int(value) if value else MAX_PIXELS
+def max_pixels(environ: Mapping[str, str] | None = None) -> int:
+    """The pixel budget: ``$SCRD_MAX_PIXELS`` when set (0: none), else :data:`MAX_PIXELS` (134 million).
+
+    Raises:
+        ConfigError: the variable is not a whole number >= 0 (one line naming it: the setting is at fault, not the
+            image being read).
+    """
+    value = (os.environ if environ is None else environ).get("SCRD_MAX_PIXELS", "").strip()
+    if not value:
+        return MAX_PIXELS
+    try:
+        budget = int(value.replace("_", ""))
+    except ValueError:
+        budget = -1
+    if budget < 0:
+        raise ConfigError(f"environment variable SCRD_MAX_PIXELS {value!r}: must be a whole number of pixels >= 0 "
+                          f"(0: no limit; unset: {MAX_PIXELS:,})")
+    return budget
 
 
 def _check_pixels(path: str, shape: Sequence[int], what: str) -> None:
@@ -398,7 +412,8 @@ def read_dicom_series(folder: str | os.PathLike, apply_voi: bool = True) -> Medi
     headers = []
     for f, name in zip(files, names):
         if detect_format(f) != "dicom":
-            raise DataError(f"{folder}: {name} is not a DICOM file; a series folder holds only the series' DICOM slices")
+            raise DataError(f"{folder}: {name} is not a DICOM file; a series folder holds only the series' DICOM slices "
+                            "(move the slices into a folder of their own to read them as one volume)")
         ds = _dcmread(f, stop_before_pixels=True)
         if "Rows" not in ds or "Columns" not in ds:  # no Image Pixel module
             raise DataError(
@@ -509,17 +524,22 @@ def is_dicom_series_folder(folder: str | os.PathLike) -> bool:
 
 def list_image_inputs(root: str | os.PathLike) -> list[str]:
     """Everything to score under ``root``, searched recursively (hidden files and folders left out): each DICOM series
-    folder (:func:`is_dicom_series_folder`) as one entry, and every other file that has an image extension or none."""
+    folder (:func:`is_dicom_series_folder`) as one entry, and every other file that has an image extension or none.
+
+    A series folder that also holds other images (PNG, NIfTI...) gives those images as entries of their own, so they
+    are scored; the folder entry itself then fails to read as a series (one error naming a file that is not part of
+    it), since a series is read as a volume only from a folder of its own."""
     root = os.fspath(root)
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files = [os.path.join(dirpath, n) for n in sorted(filenames)
+                 if not n.startswith(".") and (is_image_file(n) or os.path.splitext(n)[1] == "")]
         if is_dicom_series_folder(dirpath):
             out.append(dirpath)
+            out += [f for f in files if os.path.isfile(f) and detect_format(f) in ("nifti", "pil")]
             continue
-        for name in sorted(filenames):
-            if not name.startswith(".") and (is_image_file(name) or os.path.splitext(name)[1] == ""):
-                out.append(os.path.join(dirpath, name))
+        out += files
     return sorted(out)
 
 
@@ -578,7 +598,7 @@ def _read_pil(path: str) -> MedicalImage:
             elif mode.startswith("I;16"):
                 im = im.convert("I")  # 16-bit grayscale, any byte order, as int32
             arr = np.asarray(im)
-    except DataError:
+    except (DataError, ConfigError):
         raise
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image (cannot identify image file)") from e
@@ -635,7 +655,7 @@ def read_medical_image(path: str | os.PathLike, allow_volume: bool = False, appl
             return _read_nifti(path, allow_volume)
         if fmt == "pil":
             return _read_pil(path)
-    except DataError:
+    except (DataError, ConfigError):
         raise
     except MemoryError:
         raise

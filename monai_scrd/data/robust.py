@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from monai_scrd.data.errors import DataError, describe
+from monai_scrd.data.errors import ConfigError, DataError, describe
 from monai_scrd.data.readers import read_medical_image
 
 __all__ = ["unwrap_error", "error_message", "validate_training_files", "check_training_files"]
@@ -53,6 +53,8 @@ def validate_training_files(items: Iterable[str | os.PathLike | Mapping], key: s
     for path in _paths(items, key):
         try:
             read_medical_image(path, allow_volume=False)
+        except ConfigError:  # a bad setting (e.g. $SCRD_MAX_PIXELS) is not the image's fault
+            raise
         except Exception as e:  # noqa: BLE001
             bad.append((path, error_message(path, e)))
     return bad

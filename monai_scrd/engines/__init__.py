@@ -19,10 +19,12 @@ _EXPORTS = {
         "TrainerCheckpointLoader",
         "TrainerCheckpointSaver",
         "TrainingFinalizer",
+        "ValidationLog",
         "find_mlflow_run",
     ],
     "inference": ["AnomalyInference"],
     "selection": ["SyntheticValidation", "synthetic_validation_metrics"],
+    "settings": ["check_settings", "check_environment", "check_resume", "prepare_output_dir", "run_outputs"],
     "training": ["SCRDTrainStep", "alpha_metric_names", "ratio_metric_names", "train_log_values"],
     "utils": [
         "as_bool",
@@ -38,6 +40,7 @@ _EXPORTS = {
         "validation_items",
         "unwrap",
         "one_line_errors",
+        "TrainingInterrupted",
     ],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,6 +18,7 @@ from monai_scrd.engines.utils import is_rank0, unwrap
 __all__ = [
     "IterationLimit",
     "ProgressLog",
+    "ValidationLog",
     "ScoreCollector",
     "TrainingFinalizer",
     "MLflowRunExtras",
@@ -69,6 +71,19 @@ class ProgressLog:
             line += f" ({rate:.2f} s/it" + (f", ~{rate * (total - it):.0f} s left)" if total else ")")
         self._last = (now, it)
         logger.info(line)
+
+
+class ValidationLog:
+    """The one log line of a validation run during training, as ``StatsHandler(epoch_print_logger=ValidationLog())``
+    on the validation evaluator: ``validation normals: mean_score ... p99_score ... std_score ...`` instead of
+    Ignite's ``Epoch[17] Metrics -- ...``, whose epoch (of an iteration-based run) does not match the
+    ``iteration i/n`` progress lines around it. The metrics are the evaluator's (``ScoreCollector(mode="validation")``).
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        metrics = {k[4:] if k.startswith("val_") else k: v for k, v in engine.state.metrics.items()}
+        values = " ".join(f"{k} {v:.5g}" for k, v in metrics.items() if isinstance(v, (int, float, np.number)))
+        logger.info(f"validation normals: {values} (monitoring only)")
 
 
 class ScoreCollector:
@@ -186,6 +201,8 @@ class ScoreCollector:
                 writer.errors.add(r["path"], r["error"])
                 if self.errors is not None:
                     self.errors.add(r["path"], r["error"])
+        if self.errors is not None:
+            self.errors.written = len(good)
         self.files += [write_json(os.path.join(out_dir, "metrics.json"), metrics), writer.scores_csv, writer.errors.errors_csv]
         # what the console (StatsHandler) and MLflow show: the label-free operating point under its own name, the
         # best-F1 figures under a name that says they use the test labels
@@ -352,6 +369,31 @@ class TrainingFinalizer:
             engine.state.metrics["threshold"] = info["threshold"]
             logger.info(f"decision threshold {info['threshold']:.5g} ({info['method']}) -> {self.threshold_path}")
         engine.state.scrd_artifacts = list(getattr(engine.state, "scrd_artifacts", [])) + files
+        logger.info(self.next_step())
+
+    def next_step(self) -> str:
+        """The last line of a training log: the commands that use the model just saved (inference on new images,
+        evaluation on the datalist's test list), with the settings they need to find and rebuild it."""
+        from monai_scrd.engines.utils import find_bundle_root
+
+        try:
+            root = find_bundle_root()
+        except Exception:
+            root = os.path.join("bundles", "scrd")
+        configs = os.path.relpath(os.path.join(root, "configs"))
+        extra = []
+        model_dir = os.path.dirname(os.path.abspath(self.model_path))
+        if model_dir != os.path.abspath(os.path.join(root, "models")):
+            extra += ["--model_dir", model_dir]
+        if str(self.extra_info.get("image_size", 128)) != "128":
+            extra += ["--image_size", str(self.extra_info["image_size"])]
+        if self.extra_info.get("backbone", "efficientnet_lite0") != "efficientnet_lite0":
+            extra += ["--backbone", str(self.extra_info["backbone"])]
+        more = "".join(f" {shlex.quote(a)}" for a in extra)
+        infer = f"python -m monai.bundle run --config_file {shlex.quote(os.path.join(configs, 'inference.json'))}"
+        both = f"['{os.path.join(configs, 'train.json')}','{os.path.join(configs, 'evaluate.json')}']"
+        return (f"next: score new images with `{infer} --inputs /path/to/images{more}`; evaluate on the test list with "
+                f"`python -m monai.bundle run evaluating --config_file \"{both}\"{more}`")
 
 
 def find_mlflow_run(tracking_uri: str | None, experiment_name: str, run_name: str):
@@ -465,11 +507,78 @@ from monai.handlers import CheckpointSaver as _CheckpointSaver  # noqa: E402
 class TrainerCheckpointSaver(_CheckpointSaver):
     """``CheckpointSaver`` that also saves the engine it is attached to (``"trainer"``: iteration, epoch) and the AMP
     grad scaler, so a run can resume where it stopped (the trainer cannot be referenced from its own handler list in
-    a bundle config). Everything else as MONAI's (``save_interval`` iterations with ``epoch_level=False``)."""
+    a bundle config). Everything else as MONAI's (``save_interval`` iterations with ``epoch_level=False``).
+
+    SIGINT (Ctrl-C) and SIGTERM while the engine runs stop it at the end of the current iteration, after a resumable
+    checkpoint of that iteration is saved, with one line (:class:`~monai_scrd.engines.TrainingInterrupted`) saying
+    where it is and how to continue (``--resume true``); a second signal stops at once, saving nothing. The signal
+    handlers are installed when the run starts (in the main thread of a process that is not part of a distributed
+    group: there the ranks could stop at different iterations) and restored when it ends."""
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.update(_engine_objects(engine))
         super().attach(engine)
+        self._signal: int | None = None
+        self._previous: dict = {}
+        engine.add_event_handler(Events.STARTED, self._catch_signals)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_if_signalled)
+        engine.add_event_handler(Events.COMPLETED, self._release_signals)
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self._signal is not None:  # a second one: stop now
+            self._release_signals()
+            raise KeyboardInterrupt
+        self._signal = signum  # nothing else here: logging from a signal handler can deadlock
+
+    def _catch_signals(self, engine: Engine) -> None:  # noqa: ARG002
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread() or (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
+            return
+        self._signal = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _release_signals(self, engine: Engine | None = None) -> None:  # noqa: ARG002
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def save_now(self, engine: Engine) -> str:
+        """Save a resumable checkpoint of the engine's current iteration (the interval checkpoint, else the final one)
+        and return its path."""
+        from ignite.handlers import Checkpoint, DiskSaver
+
+        checkpoint = self._interval_checkpoint
+        if checkpoint is None and self._final_checkpoint is not None:
+            self._delete_previous_final_ckpt()
+            checkpoint = self._final_checkpoint
+        if checkpoint is None:
+            checkpoint = Checkpoint(self.save_dict, DiskSaver(self.save_dir, require_empty=False, atomic=True),
+                                    filename_prefix="scrd_interrupted", global_step_transform=lambda e, _: e.state.iteration)
+        checkpoint(engine)
+        if checkpoint is self._final_checkpoint and self._final_filename:
+            return os.path.join(self.save_dir, self._final_filename)
+        return os.fspath(checkpoint.last_checkpoint)
+
+    def _stop_if_signalled(self, engine: Engine) -> None:
+        import signal
+
+        from monai_scrd.engines.utils import TrainingInterrupted
+
+        if self._signal is None:
+            return
+        name = signal.Signals(self._signal).name
+        self._release_signals()
+        path = self.save_now(engine)
+        total = engine.state.max_iters or "?"
+        raise TrainingInterrupted(f"training stopped by {name} at iteration {engine.state.iteration} of {total}; "
+                                  f"resumable checkpoint: {path} (continue with --resume true, and the same settings)")
 
 
 class TrainerCheckpointLoader(_CheckpointLoader):

@@ -51,6 +51,17 @@ class AnomalyInference:
         self.errors = errors if errors is not None else ErrorCollector(os.path.join(output_dir, "errors.csv"))
         self.allow_absolute = allow_absolute
 
+    def _decision(self, result) -> str:
+        """``score S >= threshold T: anomalous`` / ``score S < threshold T: normal`` (the threshold of this file: a
+        volume's depends on its number of slices), or ``score S (no threshold: no decision)``."""
+        n_slices = len(result.slice_scores or {}) if result.kind == "volume" else 1
+        threshold_for = getattr(self.scorer, "threshold_for", None)
+        thr = None if result.is_anomaly is None or threshold_for is None else threshold_for(max(1, n_slices))
+        if thr is None:
+            return f"score {result.score:.5g} (no threshold: no decision)"
+        return (f"score {result.score:.5g} >= threshold {thr:.5g}: anomalous" if result.is_anomaly
+                else f"score {result.score:.5g} < threshold {thr:.5g}: normal")
+
     def __call__(self, inputs: str | Sequence[str] | Sequence[dict]) -> list[dict]:
         """Score a folder / datalist JSON / file / list of paths (or ``[{"image": path}]``); returns the rows."""
         from monai_scrd.scoring import ScoreWriter
@@ -60,15 +71,20 @@ class AnomalyInference:
         else:
             items = list_inputs(inputs, allow_absolute=self.allow_absolute)
         if not items:
-            raise FileNotFoundError(f"no input images found in {inputs}")
+            from monai_scrd.data.errors import DataError
+
+            raise DataError(f"{inputs}: no input images found (searched recursively for PNG, JPEG, TIFF, DICOM and NIfTI "
+                            "files and DICOM series folders)")
         keep_maps = self.save_heatmaps or self.save_nifti
         writer = ScoreWriter(self.output_dir, maps="nifti" if self.save_nifti else "none", overlays=self.save_heatmaps,
                              threshold=self.scorer.threshold, errors=self.errors)
         with writer:
             for i, result in enumerate(self.scorer.score(items, return_maps=keep_maps), 1):
                 if writer.add(result) is not None:
-                    logger.info(f"[{i}/{len(items)}] {result.path}: score {result.score:.5g}")
+                    logger.info(f"[{i}/{len(items)}] {result.path}: {self._decision(result)}")
                 else:
                     logger.error(f"[{i}/{len(items)}] {writer.errors.rows[-1][1]}")
+                    writer.errors.reported = len(writer.errors)  # logged here: the summary does not repeat it
+        writer.errors.written = len(writer.rows)
         logger.info(f"scored {len(writer.rows)} of {len(items)} file(s) -> {writer.scores_csv}")
         return writer.rows

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from monai_scrd.data.errors import ConfigError, DataError
+
 logger = logging.getLogger("monai_scrd.engines")
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "training_items",
     "validation_items",
     "one_line_errors",
+    "TrainingInterrupted",
     "list_inputs",
     "latest_checkpoint",
     "resolve_resume",
@@ -45,32 +48,77 @@ def find_bundle_root() -> str:
                       "--bundle_root /path/to/bundle")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint; the message says where and how to
+    continue (:class:`~monai_scrd.engines.TrainerCheckpointSaver`)."""
+
+
+class _MissingCheckpoint(ConfigError, FileNotFoundError):
+    """Resuming was asked for, but there is no checkpoint to resume from (a setting error, and a missing file)."""
+
+
 def _user_error(exc: BaseException | None) -> BaseException | None:
-    """The first error in ``exc``'s cause chain that carries a message for the user (bad data, checkpoint, setting)."""
+    """The first error in ``exc``'s cause chain that carries a message for the user (bad data, checkpoint, setting,
+    or an interruption by the user)."""
     from monai_scrd.checkpoint import CheckpointError
-    from monai_scrd.data.errors import ConfigError, DataError
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (DataError, CheckpointError, ConfigError)):
+        if isinstance(exc, (DataError, CheckpointError, ConfigError, KeyboardInterrupt)):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
 
 
+class _QuietUserErrors(logging.Filter):
+    """Drops the log records that Ignite and MONAI write for an error that is about to end the command with its own
+    ``error:`` line: Ignite's "Engine run is terminating due to exception" and MONAI's ``StatsHandler``
+    "Exception: ..." with its traceback. Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None and record.levelno >= logging.ERROR and "terminating due to exception" in str(record.msg):
+            exc = sys.exc_info()[1]  # Ignite logs it inside its ``except`` block
+        return exc is None or _user_error(exc) is None
+
+
+# loggers that log an exception before re-raising it: Ignite's engines (the trainer, and the evaluators run during
+# training, by evaluation and inference) and MONAI's StatsHandler (its default logger name)
+_EXCEPTION_LOGGERS = ("ignite.engine.engine.SupervisedTrainer", "ignite.engine.engine.SupervisedEvaluator",
+                      "ignite.engine.engine.Engine", "monai.handlers.StatsHandler")
+
+
+def _quiet_user_error_logs() -> None:
+    from monai.apps.utils import get_logger
+
+    quiet = _QuietUserErrors()
+    for name in _EXCEPTION_LOGGERS:
+        # MONAI's StatsHandler gives its logger a stdout handler only when it does not exist yet: made here as MONAI
+        # makes it (get_logger), so that its output stays the same
+        logger_ = get_logger(name) if name.startswith("monai.") else logging.getLogger(name)
+        if not any(isinstance(f, _QuietUserErrors) for f in logger_.filters):
+            logger_.addFilter(quiet)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _QuietUserErrors) for f in handler.filters):
+            handler.addFilter(quiet)
+
+
 def one_line_errors(debug_env: str = "SCRD_DEBUG") -> None:
-    """Make a bundle command that fails on bad data, a bad checkpoint or a contradictory setting print one line
-    (``error: <file>: <what is wrong>``) and exit with status 1, instead of MONAI's 80-line traceback ending in
-    ``Failed to evaluate ConfigExpression``; other errors keep their traceback. An error that lists several files
-    (e.g. every unreadable training image) prints that list below its line, one file a line. ``$SCRD_DEBUG=1`` keeps
-    every traceback. Installed by the bundle configs' ``initialize`` step (``sys.excepthook``, so it acts only on an
-    error that ends the command)."""
+    """Make a bundle command that fails on bad data, a bad checkpoint or a bad setting print one line on stderr
+    (``error: <file or setting>: <what is wrong>``) and exit with status 1, instead of MONAI's 80-line traceback ending
+    in ``Failed to evaluate ConfigExpression``; other errors keep their traceback. An error that lists several files
+    (e.g. every unreadable training image) prints that list below its line, one file a line. An interruption (Ctrl-C,
+    or training stopped by SIGINT/SIGTERM: :class:`TrainingInterrupted`) is one line too. The log records that Ignite
+    and MONAI's ``StatsHandler`` write for such an error on its way out (with a traceback) are dropped.
+    ``$SCRD_DEBUG=1`` keeps every traceback. Installed by the bundle configs' ``initialize`` step (``sys.excepthook``,
+    so it acts only on an error that ends the command)."""
     if os.environ.get(debug_env, "").strip() not in ("", "0"):
         return
     previous = sys.excepthook
     if getattr(previous, "scrd_one_line", False):
         return
+    _quiet_user_error_logs()
 
     def hook(exc_type, exc, tb):
         found = _user_error(exc)
@@ -79,6 +127,10 @@ def one_line_errors(debug_env: str = "SCRD_DEBUG") -> None:
         from monai_scrd.data.errors import one_line
 
         hint = f"(set {debug_env}=1 for the traceback)"
+        if isinstance(found, KeyboardInterrupt):
+            text = str(found).strip() if isinstance(found, TrainingInterrupted) else "interrupted (Ctrl-C)"
+            print(f"error: {text}", file=sys.stderr, flush=True)
+            return
         first, *listed = [ln.strip() for ln in str(found).splitlines() if ln.strip()] or [one_line(found)]
         if listed:
             print("\n".join([f"error: {first}", *(f"  {ln}" for ln in listed), hint]), file=sys.stderr, flush=True)
@@ -287,18 +339,19 @@ def resolve_resume(resume, resume_from, ckpt_dir) -> str | None:
     """Checkpoint to resume from: ``resume_from`` if given, else with ``resume`` true the latest one in ``ckpt_dir``.
 
     Raises:
-        FileNotFoundError: resuming was asked for but there is nothing to resume from.
+        ConfigError: resuming was asked for but there is nothing to resume from (also a ``FileNotFoundError``).
     """
     if resume_from:
         path = os.fspath(resume_from)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"resume_from={path}: checkpoint file not found")
+            raise _MissingCheckpoint(f"resume_from {path!r}: checkpoint file not found")
         return path
     if not as_bool(resume):
         return None
     path = latest_checkpoint(ckpt_dir)
     if path is None:
-        raise FileNotFoundError(f"--resume true but no training checkpoint in {ckpt_dir}")
+        raise _MissingCheckpoint(f"resume true: no training checkpoint in {ckpt_dir} to resume from (none saved there "
+                                 "yet, or only unreadable ones); train without --resume, or pass --resume_from a file")
     return path
 
 

@@ -47,7 +47,7 @@ from monai_scrd.data.readers import MedicalImage, read_medical_image
 from monai_scrd.data.robust import error_message
 from monai_scrd.data.transforms import array_transforms
 from monai_scrd.data.volume import assemble_volume, slice_volume
-from monai_scrd.scoring.anomaly_map import image_score, top_fraction
+from monai_scrd.scoring.anomaly_map import check_scale_weighting, image_score, top_fraction
 from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
 
 __all__ = [
@@ -166,7 +166,8 @@ def read_threshold(source: Any, missing_ok: bool = False) -> dict | None:
         missing_ok: return None (instead of raising) when ``source`` names a file that does not exist.
 
     Raises:
-        FileNotFoundError: a missing file (unless ``missing_ok``). ValueError: not a finite number / not a threshold file.
+        FileNotFoundError: a missing file (unless ``missing_ok``). ConfigError (a ValueError): not a finite number /
+            not a threshold file (one line naming the file).
     """
     if source is None or (isinstance(source, str) and not source.strip()):
         return None
@@ -187,13 +188,13 @@ def read_threshold(source: Any, missing_ok: bool = False) -> dict | None:
             with open(path, encoding="utf-8") as f:
                 record = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a threshold file (invalid JSON: {e})") from e
+            raise ConfigError(f"{path}: not a threshold file (invalid JSON: {e})") from e
         where = path
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: not a threshold file (expected {{'threshold': number, ...}})")
+            raise ConfigError(f"{path}: not a threshold file (expected {{'threshold': number, ...}})")
     t = record.get("threshold")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(float(t)):
-        raise ValueError(f"{where}: 'threshold' is {t!r}; expected a finite number")
+        raise ConfigError(f"{where}: 'threshold' is {t!r}; expected a finite number")
     record["threshold"] = float(t)
     return json_safe(record)
 
@@ -288,6 +289,8 @@ class ErrorCollector:
     def __init__(self, errors_csv: str | os.PathLike | None = None) -> None:
         self.errors_csv = None if errors_csv is None else os.fspath(errors_csv)
         self.rows: list[tuple[str, str]] = []
+        self.reported = 0  # the first ``reported`` rows were already logged (as they happened): not logged again
+        self.written: int | None = None  # files whose results were written, when the job tells (for the summary)
 
     def add(self, path: str | os.PathLike, error: str | BaseException) -> None:
         """Record a failure: a one-line message, or the exception raised for ``path``."""
@@ -318,10 +321,16 @@ class ErrorCollector:
         if self.errors_csv is not None:
             self.write()
         if self.rows:
-            for _, msg in self.rows[:10]:
+            for _, msg in self.rows[self.reported:][:10]:
                 logger.error(msg)
             where = f"; see {self.errors_csv}" if self.errors_csv else ""
-            raise SystemExit(f"{len(self.rows)} input file(s) could not be processed{where} (the other results were written)")
+            if self.written is None:
+                done = " (the other results were written)"
+            elif self.written:
+                done = f" (the results of the other {self.written} were written)"
+            else:
+                done = " (no file was scored)"
+            raise SystemExit(f"error: {len(self.rows)} input file(s) could not be processed{where}{done}")
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing
@@ -407,7 +416,8 @@ class Preprocessor:
         return (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
 
     def __call__(self, item: Any, keep_source: bool = False) -> Prepared:
-        """:class:`Prepared` for ``item`` (a path or ``{"image": path, ...}``); never raises."""
+        """:class:`Prepared` for ``item`` (a path or ``{"image": path, ...}``); never raises for the file's sake (a
+        bad setting, e.g. ``$SCRD_MAX_PIXELS``, raises its :class:`ConfigError`: it is not the file's fault)."""
         item = _as_item(item)
         path = item.get("image")
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
@@ -426,6 +436,8 @@ class Preprocessor:
                 if self.refuse_color_mismatch:
                     check_color_mode(img.array, self.settings["color_mode"], path)
                 prepared = Prepared(path, item, self._tensor(img.array)[None], "image")
+        except ConfigError:
+            raise
         except Exception as e:  # noqa: BLE001 - every failure becomes the file's one error line
             return Prepared(path=path, item=item, error=error_message(path, e))
         if keep_source:
@@ -571,6 +583,12 @@ class Scorer:
         if "image_size" not in trained and "image_size" in record:  # threshold files of older bundles
             trained["image_size"] = record["image_size"]
         mine = dict(self.preprocessor.settings)
+        where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the threshold record"
+        if record.get("scale_weighting") is not None:
+            try:
+                check_scale_weighting(record["scale_weighting"])
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}") from None
         # the scoring settings the threshold was fitted with: another image reduction or scale weighting gives scores
         # on another scale, so a threshold (and the scale calibration) fitted with the first would be silently wrong
         mine["score_reduction"] = self.score_reduction
@@ -581,7 +599,6 @@ class Scorer:
                 trained[key] = record[key]
         for key in ("image_size", "intensity", "percentiles", "channels", "apply_voi", "score_reduction", "scale_weighting"):
             if key in trained and key in mine and json_safe(trained[key]) != json_safe(mine[key]):
-                where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the threshold record"
                 raise ConfigError(f"{where}: the model was trained with {key}={trained[key]!r}, not {mine[key]!r}; "
                                   f"score with {key}={trained[key]!r}")
 
