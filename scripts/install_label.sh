@@ -75,7 +75,6 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
 "$PYTHON" -m pip list --format=freeze 2>/dev/null | grep -E '^[A-Za-z0-9_.-]+==' \
     | grep -viE '^(pip|setuptools|wheel|monai-scrd)==' >"$CONSTRAINTS"
 
-"$VPY" -m pip install --no-deps "monailabel==$MONAILABEL_VERSION" "pydicom-seg==0.4.1"
 "$VPY" -m pip install -c "$CONSTRAINTS" \
     "uvicorn>=0.29.0" "pydantic>=2.7.0" "pydantic-settings>=2.2.1" "python-dotenv>=1.0.1" "fastapi>=0.110.2" \
     "python-multipart>=0.0.9" "httpx>=0.27.0" "schedule>=1.2.1" "dicomweb-client[gcp]>=0.59.1" "timeloop>=1.0.2" \
@@ -83,6 +82,11 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
     "pynrrd>=1.0.0" "girder-client>=3.2.3" "einops>=0.7.0" "pyyaml>=6.0.1" "filelock>=3.11.0" "passlib>=1.7.4" \
     "pyjwt>=2.8.0" "bcrypt>=4.1.2" "shapely>=2.0.4" "requests>=2.31.0" "requests-toolbelt>=1.0.0" "urllib3>=2.2.1" \
     "google-auth>=2.29.0" "SimpleITK" "itk" "psutil" "scikit-image"
+# monailabel and pydicom-seg last, without their dependencies: installed first, they made the install above end with a
+# red "ERROR: pip's dependency resolver does not currently take into account..." (pip checks the packages it installs
+# against those already there, and pydicom-seg asks for numpy<2, jsonschema<4, monailabel for numpymaxflow...: the
+# pins this venv leaves out on purpose, see the top). A --no-deps install makes no such check: no false error.
+"$VPY" -m pip install --no-deps "monailabel==$MONAILABEL_VERSION" "pydicom-seg==0.4.1"
 
 # pydicom-seg 0.4.1 (imported by monailabel's infer endpoint at start-up) imports pydicom._storage_sopclass_uids,
 # which pydicom 3 (needed by dicomweb-client>=0.61) no longer has: provide it from pydicom.uid, in this venv only.

@@ -36,6 +36,7 @@ NOT_RUN = {  # program -> why it is not run here
     "curl": "HTTP requests to a running server: tests/test_label.py and tests/test_registry.py send the same ones",
     "mkdir": "creates the user's studies folder",
     "cp": "copies the user's images",
+    "find": "finds and copies the user's images (one command whatever extensions are missing, unlike cp with globs)",
     "export": "sets an environment variable",
     ".": "activates the venv (.ci/run does, see test_ci_runs_the_readme_setup)",
 }
