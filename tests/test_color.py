@@ -256,7 +256,7 @@ def test_scorer_rgb_model_scores_grayscale_grayscale_model_refuses_colour(tmp_pa
 
 
 def test_preprocessor_rgb_replicates_grayscale_and_grayscale_refuses_colour(tmp_path):
-    from monai_scrd.scoring.scorer import Preprocessor
+    from monai_scrd.scoring.dataset import Preprocessor
 
     rng = np.random.default_rng(5)
     gray = _png(tmp_path / "gray.png", rng.uniform(0, 255, (40, 48)))

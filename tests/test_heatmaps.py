@@ -8,7 +8,8 @@ from PIL import Image
 from monai_scrd.data.readers import MedicalImage
 from monai_scrd.scoring import plots
 from monai_scrd.scoring.plots import overlay_color_range, overlay_title, save_heatmap_overlay
-from monai_scrd.scoring.scorer import ScoreResult, ScoreWriter, _overlay
+from monai_scrd.scoring.outputs import ScoreWriter, _overlay
+from monai_scrd.scoring.scorer import ScoreResult
 
 T = 0.12  # a typical uncalibrated image-score threshold (1 - cos distances)
 H = W = 64

@@ -66,8 +66,10 @@ def test_one_scorer_one_threshold_reader_one_error_collector_one_map_writer():
     # the scorer applies the scoring, the fitting module fits it on normals (calibration, choice, threshold): nothing
     # else reduces maps to scores
     assert image_score_callers == {os_path("scoring/scorer.py"), os_path("scoring/fitting.py")}, image_score_callers
-    for name in ("Scorer", "read_threshold", "ErrorCollector", "save_map", "ScoreWriter", "write_csv", "write_json"):
-        assert defined.get(name) == [os_path("scoring/scorer.py")], (name, defined.get(name))
+    for name, module in (("Scorer", "scorer"), ("read_threshold", "scorer"), ("ErrorCollector", "outputs"),
+                         ("save_map", "outputs"), ("ScoreWriter", "outputs"), ("write_csv", "io"), ("write_json", "io"),
+                         ("Preprocessor", "dataset")):
+        assert defined.get(name) == [os_path(f"scoring/{module}.py")], (name, defined.get(name))
     gone = ("SCRDScorer", "score_files", "score_volume", "score_slices", "load_threshold", "save_map_nifti", "safe_load",
             "FileErrors", "ErrorReport", "write_errors_csv", "write_scores_csv", "finite", "MaxIterationsHandler",
             "epochs_for", "find_mlflow_handler", "MLflowExtrasHandler", "EvalCollate", "SafeDataset")

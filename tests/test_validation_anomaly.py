@@ -223,7 +223,7 @@ def test_handler_keeps_the_best_and_selects(model_selection, tmp_path):
     sv = SyntheticValidation(normals, interval=1, seed=0, model_selection=model_selection, batch_size=4)
     net = Oracle(sv.validation_set, 0.5)
     from monai_scrd.scoring import Scorer
-    from monai_scrd.scoring.scorer import Prepared
+    from monai_scrd.scoring.dataset import Prepared
 
     # the validation normals as the scorer's prepared files (what the bundle's ScoringDataset loader gives)
     prepared = [[Prepared(f"normal{i}", {"image": f"normal{i}"}, images=torch.as_tensor(normals[i : i + 1]))

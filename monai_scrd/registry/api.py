@@ -21,7 +21,9 @@ from monai_scrd.registry.spec import (
     spec_from_bundle,
     write_model_dir,
 )
-from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, json_safe, read_threshold
+from monai_scrd.scoring.dataset import PREPROCESSING_KEYS
+from monai_scrd.scoring.io import json_safe
+from monai_scrd.scoring.scorer import read_threshold
 
 __all__ = [
     "RegistryError",

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from monai_scrd.scoring.anomaly_map import top_fraction
-from monai_scrd.scoring.scorer import PREPROCESSING_KEYS, Scorer, json_safe, read_threshold, resolve_score_reduction
+from monai_scrd.scoring.dataset import PREPROCESSING_KEYS
+from monai_scrd.scoring.io import json_safe
+from monai_scrd.scoring.scorer import Scorer, read_threshold, resolve_score_reduction
 
 __all__ = [
     "SPEC_FILE",

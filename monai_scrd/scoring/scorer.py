@@ -5,15 +5,16 @@ score through :class:`Scorer`, so one file gets the same score, the same decisio
 
 * reading: :func:`~monai_scrd.data.read_medical_image` (DICOM, NIfTI, PNG/JPEG/...; 3D volumes allowed), then the
   preprocessing transforms (grayscale to ``channels`` or RGB by ``color_mode``, resize to ``image_size``, intensity
-  scaling) built once from the bundle's settings (:class:`Preprocessor`), which also refuses a colour 2D image for a
+  scaling) built once from the bundle's settings (:class:`~monai_scrd.scoring.dataset.Preprocessor`), which also refuses a colour 2D image for a
   grayscale model (an rgb model takes grayscale images, replicated);
 * 2D images and slice-wise 3D volumes: every non-empty slice is preprocessed like a 2D image, the volume score is the
   ``volume_reduction`` (max) of the slice scores;
 * batching across files and slices, channels-last inputs on the CPU and mixed precision on CUDA;
 * the anomaly map (the model's own eval forward, :class:`~monai_scrd.scoring.AnomalyMapGenerator`), the image score
   (:func:`~monai_scrd.scoring.image_score`) and the decision ``score >= threshold`` (:func:`read_threshold`);
-* per-file errors (:class:`ErrorCollector`, always writes ``errors.csv``) and outputs (:class:`ScoreWriter`:
-  ``scores.csv``, anomaly maps through :func:`save_map`, heatmap overlays).
+* per-file errors and outputs live in :mod:`monai_scrd.scoring.outputs` (``errors.csv``, ``scores.csv``, anomaly maps,
+  heatmap overlays); reading and preprocessing in :mod:`monai_scrd.scoring.dataset`; JSON/CSV writers and path
+  containment in :mod:`monai_scrd.scoring.io`.
 
 Typical use::
 
@@ -25,12 +26,10 @@ Typical use::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,122 +37,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from monai_scrd.data.color import check_color_mode
-from monai_scrd.data.datalist import is_inside
-from monai_scrd.data.errors import ConfigError, DataError
-from monai_scrd.data.readers import MedicalImage, read_medical_image
+from monai_scrd.data.errors import ConfigError
+from monai_scrd.data.readers import MedicalImage
 from monai_scrd.data.robust import error_message
-from monai_scrd.data.transforms import array_transforms
-from monai_scrd.data.volume import assemble_volume, slice_volume
-from monai_scrd.scoring.anomaly_map import check_scale_weighting, image_score, top_fraction
+from monai_scrd.data.volume import assemble_volume
+from monai_scrd.scoring.anomaly_map import (
+    check_scale_weighting,
+    image_score,
+    top_fraction,
+)
+from monai_scrd.scoring.dataset import Prepared, Preprocessor
 from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
+from monai_scrd.scoring.io import json_safe
 
-__all__ = [
-    "MAP_FORMATS",
-    "PREPROCESSING_KEYS",
-    "Preprocessor",
-    "Prepared",
-    "ScoreResult",
-    "Scorer",
-    "ScoringDataset",
-    "collate_prepared",
-    "read_threshold",
-    "resolve_score_reduction",
-    "ErrorCollector",
-    "ScoreWriter",
-    "save_map",
-    "write_csv",
-    "write_json",
-    "json_safe",
-    "resolve_inside",
-    "roots_from_env",
-]
+__all__ = ["ScoreResult", "Scorer", "read_threshold", "resolve_score_reduction"]
 
 logger = logging.getLogger("monai_scrd.scoring")
 
-MAP_FORMATS = ("nii.gz", "nii", "npy", "png")
-PREPROCESSING_KEYS = ("image_size", "intensity", "percentiles", "apply_voi", "channels", "color_mode")
 REDUCTIONS = ("mean", "max")
-# File names are bytes: one that is not valid UTF-8 (decoded by Python with surrogate escapes) is written to CSV as its
-# own bytes, so nothing is lost and reading the CSV back with errors="surrogateescape" gives the same path; in JSON
-# it becomes \udcXX escapes (json's default ensure_ascii), which json.load turns back into the same path.
-CSV_ERRORS = "surrogateescape"
-
-
-# ----------------------------------------------------------------------------------------------- plain outputs
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/Inf floats as None, numpy scalars/arrays and tensors as Python values (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-def _parent(path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> str:
-    """Write ``data`` as strict JSON (NaN -> null); returns the path."""
-    path = os.fspath(path)
-    _parent(path)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, indent=2, sort_keys=True, allow_nan=False)
-    return path
-
-
-def _cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fields: Sequence[str]) -> str:
-    """Write ``rows`` (dicts) with a header of ``fields``; missing/None/NaN cells are empty. Returns the path."""
-    path = os.fspath(path)
-    _parent(path)
-    with open(path, "w", newline="", encoding="utf-8", errors=CSV_ERRORS) as f:
-        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: _cell(row.get(k)) for k in fields})
-    return path
-
-
-def resolve_inside(path: Any, roots: Sequence[str | os.PathLike]) -> str | None:
-    """The real path of ``path`` (symbolic links resolved) when it exists inside one of ``roots`` (resolved too),
-    else None. Servers answer None the same way whether the file is missing or not allowed, so that a client learns
-    nothing about files outside the roots."""
-    if not isinstance(path, (str, os.PathLike)):
-        return None
-    path = os.fspath(path)
-    if not path or "\x00" in path:
-        return None
-    real = os.path.realpath(path)
-    if os.path.exists(real) and any(is_inside(real, os.path.realpath(os.fspath(root))) for root in roots):
-        return real
-    return None
-
-
-def roots_from_env(name: str, default: Sequence[str] = ()) -> list[str]:
-    """Folders listed in the environment variable ``name`` (separated by ``os.pathsep``), else ``default``."""
-    value = os.environ.get(name)
-    if value is None:
-        return [os.fspath(d) for d in default]
-    return [os.path.realpath(v) for v in value.split(os.pathsep) if v.strip()]
 
 
 # ----------------------------------------------------------------------------------------------- threshold
@@ -207,268 +109,6 @@ def resolve_score_reduction(reduction: str, record: Mapping | None) -> str:
     return str((record or {}).get("score_reduction") or DEFAULT_SCORING[1])
 
 
-# ----------------------------------------------------------------------------------------------- maps
-def save_map(
-    anomaly_map: np.ndarray | torch.Tensor,
-    path: str | os.PathLike,
-    affine: np.ndarray | None = None,
-    header: Any = None,
-) -> str:
-    """Write an anomaly map (2D or 3D, float32) by extension: ``.nii.gz``/``.nii`` (with ``affine``; ``header``, a
-    NIfTI header of the input, keeps its orientation codes and units), ``.npy``, or ``.png`` (2D only, 8-bit scaled
-    by the map's own maximum: for viewing). The one map writer of the package. Returns the path."""
-    path = os.fspath(path)
-    amap = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, torch.Tensor) else np.asarray(anomaly_map)
-    amap = amap.astype(np.float32, copy=False)
-    lower = path.lower()
-    if lower.endswith(".png"):
-        squeezed = amap.squeeze()
-        if squeezed.ndim != 2:
-            raise ValueError(f"{path}: a PNG map must be 2D, this one has shape {tuple(amap.shape)} (use .nii.gz)")
-        from PIL import Image
-
-        top = float(squeezed.max()) if squeezed.size else 0.0
-        scaled = np.zeros_like(squeezed) if top <= 0 else np.clip(squeezed / top, 0.0, 1.0)
-        _parent(path)
-        Image.fromarray((scaled * 255.0 + 0.5).astype(np.uint8)).save(path)
-    elif lower.endswith(".npy"):
-        _parent(path)
-        np.save(path, amap)
-    elif lower.endswith((".nii.gz", ".nii")):
-        import nibabel as nib
-
-        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-        img = nib.Nifti1Image(amap, aff)
-        if header is not None:  # keep the input's orientation codes and voxel units
-            img.set_qform(aff, code=int(header["qform_code"]) or 1)
-            img.set_sform(aff, code=int(header["sform_code"]) or 1)
-            img.header.set_xyzt_units(*header.get_xyzt_units())
-        _parent(path)
-        nib.save(img, path)
-    else:
-        raise ValueError(f"{path}: anomaly map format must be one of {', '.join('.' + f for f in MAP_FORMATS)}")
-    return path
-
-
-def _overlay(result: ScoreResult, path: str, threshold: float | None,
-             color_range: tuple[float, float] | None = None) -> str:
-    """Heatmap overlay PNG of a scored file (volumes: the slice with the highest score, named in the title as
-    ``slice k of N (highest score)``). ``color_range``: the ``(vmin, vmax)`` shared by a run's overlays (default:
-    :func:`~monai_scrd.scoring.plots.overlay_color_range` of ``threshold``; without a threshold each overlay uses its
-    map's own range)."""
-    from monai_scrd.scoring import plots
-
-    img = result.source
-    if img is None or result.anomaly_map is None:
-        raise ValueError(f"{result.path}: no map kept for an overlay (score with return_maps=True)")
-    where: dict = {}
-    if result.kind == "volume":
-        k = max(result.slice_scores, key=result.slice_scores.get)
-        image, amap = np.take(img.array, k, axis=img.slice_axis), np.take(result.anomaly_map, k, axis=img.slice_axis)
-        where = {"slice_index": int(k), "num_slices": int(img.array.shape[img.slice_axis])}
-    else:
-        image = img.array[:3].mean(axis=0) if img.array.shape[0] > 1 else img.array[0]
-        amap = result.anomaly_map.reshape(image.shape)
-    if color_range is None:
-        color_range = plots.overlay_color_range(threshold)
-    vmin, vmax = color_range if color_range is not None else (None, None)
-    return plots.save_heatmap_overlay(image, amap, path, score=result.score, threshold=threshold, vmin=vmin, vmax=vmax,
-                                      **where)
-
-
-# ----------------------------------------------------------------------------------------------- errors
-class ErrorCollector:
-    """The per-file errors of a batch job, one ``(path, message)`` row each; ``write`` always writes ``errors.csv``
-    (a header alone means nothing failed) and ``check`` (the last step of a bundle run) exits non-zero when any file
-    failed.
-
-    Args:
-        errors_csv: where :meth:`write` and :meth:`check` write by default.
-    """
-
-    def __init__(self, errors_csv: str | os.PathLike | None = None) -> None:
-        self.errors_csv = None if errors_csv is None else os.fspath(errors_csv)
-        self.rows: list[tuple[str, str]] = []
-        self.reported = 0  # the first ``reported`` rows were already logged (as they happened): not logged again
-        self.written: int | None = None  # files whose results were written, when the job tells (for the summary)
-
-    def add(self, path: str | os.PathLike, error: str | BaseException) -> None:
-        """Record a failure: a one-line message, or the exception raised for ``path``."""
-        path = os.fspath(path)
-        msg = error_message(path, error) if isinstance(error, BaseException) else " ".join(str(error).split())
-        self.rows.append((path, msg))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self.rows)
-
-    @property
-    def exit_code(self) -> int:
-        """1 when any file failed, else 0."""
-        return 1 if self.rows else 0
-
-    def write(self, csv_path: str | os.PathLike | None = None) -> str:
-        """Write ``path,error`` rows (the header always); returns the file."""
-        target = os.fspath(csv_path) if csv_path is not None else self.errors_csv
-        if target is None:
-            raise ValueError("ErrorCollector.write needs a path (none was given at construction)")
-        return write_csv(target, ({"path": p, "error": e} for p, e in self.rows), ["path", "error"])
-
-    def check(self) -> None:
-        """Write ``errors.csv`` (when a path was given) and exit with status 1 naming it when any file failed."""
-        if self.errors_csv is not None:
-            self.write()
-        if self.rows:
-            for _, msg in self.rows[self.reported:][:10]:
-                logger.error(msg)
-            where = f"; see {self.errors_csv}" if self.errors_csv else ""
-            if self.written is None:
-                done = " (the other results were written)"
-            elif self.written:
-                done = f" (the results of the other {self.written} were written)"
-            else:
-                done = " (no file was scored)"
-            raise SystemExit(f"error: {len(self.rows)} input file(s) could not be processed{where}{done}")
-
-
-# ----------------------------------------------------------------------------------------------- preprocessing
-@dataclass
-class Prepared:
-    """A file read and preprocessed for the model (or the one-line error that stopped it).
-
-    Attributes:
-        path: the file.
-        item: the input item (``{"image": path, ...}``; other keys such as ``label`` are passed on to the result).
-        images: ``[N, C, H, W]`` float32 model inputs: one for a 2D image, one per non-empty slice for a volume.
-        kind: ``"image"`` or ``"volume"``.
-        slice_indices: the slice index of each of ``images`` (volumes).
-        source: the decoded file, kept when maps at the file's own size are wanted.
-        error: one line naming the file, empty when fine.
-    """
-
-    path: str
-    item: dict
-    images: torch.Tensor | None = None
-    kind: str = "image"
-    slice_indices: list[int] = field(default_factory=list)
-    source: MedicalImage | None = None
-    error: str = ""
-
-    @property
-    def count(self) -> int:
-        return 0 if self.images is None else int(self.images.shape[0])
-
-
-def _as_item(item: Any, key: str = "image") -> dict:
-    if isinstance(item, Mapping):
-        return dict(item)
-    return {key: item}
-
-
-class Preprocessor:
-    """Reads a file and turns it into model inputs with the preprocessing transforms, built once.
-
-    Args:
-        image_size: model input size (int for square).
-        intensity: ``"minmax"``, ``"percentile"`` or ``"none"`` (see ``monai_scrd.data.ScaleIntensityToUnit``).
-        percentiles: low/high percentiles for ``"percentile"``.
-        apply_voi: apply a DICOM VOI LUT / window when the file has one.
-        channels: model input channels (grayscale replicated).
-        color_mode: the colour mode the model was trained in, ``"grayscale"`` or ``"rgb"``: a colour 2D image is
-            refused by a grayscale model (one line naming the file and both modes, see
-            :func:`~monai_scrd.data.color.check_color_mode`); an rgb model takes any image. ``None``: a model trained
-            before colour modes existed, grayscale without a check.
-        refuse_color_mismatch: refuse a colour image for a grayscale model (scoring with a trained model); False
-            converts it to ``color_mode`` instead (validation during training, where ``color_mode`` may be forced on
-            a mixed set).
-    """
-
-    def __init__(
-        self,
-        image_size: int | Sequence[int] = 256,
-        intensity: str = "minmax",
-        percentiles: Sequence[float] = (0.5, 99.5),
-        apply_voi: bool = True,
-        channels: int = 3,
-        color_mode: str | None = None,
-        refuse_color_mismatch: bool = True,
-    ) -> None:
-        if color_mode not in (None, "grayscale", "rgb"):
-            raise ValueError(f"color_mode {color_mode!r} of a trained model is not 'grayscale' or 'rgb'")
-        self.settings = {
-            "image_size": int(image_size) if isinstance(image_size, (int, np.integer)) else [int(s) for s in image_size],
-            "intensity": str(intensity),
-            "percentiles": [float(p) for p in percentiles],
-            "apply_voi": bool(apply_voi),
-            "channels": int(channels),
-            "color_mode": color_mode,
-        }
-        self.transform = array_transforms(
-            "image", self.settings["image_size"], self.settings["intensity"], self.settings["percentiles"], self.settings["channels"],
-            color_mode=color_mode or "grayscale",
-        )
-        self.refuse_color_mismatch = bool(refuse_color_mismatch)
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        x = self.transform({"image": torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))})["image"]
-        return (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
-
-    def __call__(self, item: Any, keep_source: bool = False) -> Prepared:
-        """:class:`Prepared` for ``item`` (a path or ``{"image": path, ...}``); never raises for the file's sake (a
-        bad setting, e.g. ``$SCRD_MAX_PIXELS``, raises its :class:`ConfigError`: it is not the file's fault)."""
-        item = _as_item(item)
-        path = item.get("image")
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
-            return Prepared(path=str(path), item=item, error=f"{path!r}: empty or missing image path")
-        path = os.fspath(path)
-        try:
-            img = read_medical_image(path, allow_volume=True, apply_voi=self.settings["apply_voi"])
-            if img.is_volume:
-                picked = slice_volume(img.array, img.slice_axis)
-                if not picked:
-                    raise DataError(f"{path}: all {img.array.shape[img.slice_axis]} slices along axis {img.slice_axis} "
-                                    "are empty (constant)")
-                images = torch.stack([self._tensor(s[None]) for _, s in picked])
-                prepared = Prepared(path, item, images, "volume", [i for i, _ in picked])
-            else:
-                if self.refuse_color_mismatch:
-                    check_color_mode(img.array, self.settings["color_mode"], path)
-                prepared = Prepared(path, item, self._tensor(img.array)[None], "image")
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - every failure becomes the file's one error line
-            return Prepared(path=path, item=item, error=error_message(path, e))
-        if keep_source:
-            prepared.source = img
-        return prepared
-
-
-class ScoringDataset(Dataset):
-    """Dataset of :class:`Prepared` files for an evaluator's data loader (so reading runs in its workers); collate
-    with :func:`collate_prepared` and score the batches with :meth:`Scorer.score_prepared`.
-
-    Args:
-        data: paths or datalist items ``{"image": path, ...}``.
-        preprocessor: :class:`Preprocessor` or a :class:`Scorer` (its preprocessor is used).
-    """
-
-    def __init__(self, data: Sequence[Any], preprocessor: Preprocessor | Scorer) -> None:
-        self.data = list(data)
-        self.preprocessor = preprocessor.preprocessor if isinstance(preprocessor, Scorer) else preprocessor
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> Prepared:
-        return self.preprocessor(self.data[index])
-
-
-def collate_prepared(batch: Sequence[Prepared]) -> list[Prepared]:
-    """``collate_fn`` for :class:`ScoringDataset`: the batch as a list (files differ in kind and slice count)."""
-    return list(batch)
-
 
 # ----------------------------------------------------------------------------------------------- results
 @dataclass
@@ -511,6 +151,7 @@ class ScoreResult:
         if self.slice_scores is not None:
             out["slice_scores"] = {str(k): v for k, v in self.slice_scores.items()}
         return json_safe(out)
+
 
 
 # ----------------------------------------------------------------------------------------------- scorer
@@ -750,111 +391,3 @@ class Scorer:
             yield from self.score_prepared(pending, return_maps, map_size)
 
 
-# ----------------------------------------------------------------------------------------------- batch outputs
-def _stem(path: str) -> str:
-    name = os.path.basename(path.rstrip("/\\")) or "image"
-    low = name.lower()
-    for ext in (".nii.gz", ".nii", ".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-        if low.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "image"
-
-
-class ScoreWriter:
-    """Writes a batch job's outputs as results arrive: a ``scores.csv`` row per scored file (flushed at once), the
-    anomaly maps and heatmap overlays, and per-file errors into ``errors.csv`` (always written on :meth:`close`).
-
-    Args:
-        output_dir: where ``scores.csv``, ``errors.csv``, ``maps/`` and ``heatmaps/`` go.
-        columns: ``scores.csv`` columns, from the result (``path``, ``score``, ``is_anomaly``, ``kind``,
-            ``heatmap``, ``anomaly_map``) and its item (e.g. ``label``).
-        maps: ``"none"``, ``"nifti"`` (``maps/<name>_anomaly_map.nii.gz`` for NIfTI inputs and volumes, with the
-            input's affine) or ``"all"`` (every input).
-        overlays: write ``heatmaps/<name>.png``.
-        threshold: shown in the overlays, and the anchor of their one colour scale (:attr:`overlay_range`).
-        errors: the :class:`ErrorCollector` (default: a new one writing ``output_dir/errors.csv``).
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        columns: Sequence[str] = ("path", "score", "is_anomaly", "heatmap", "anomaly_map"),
-        maps: str = "none",
-        overlays: bool = False,
-        threshold: float | None = None,
-        errors: ErrorCollector | None = None,
-    ) -> None:
-        if maps not in ("none", "nifti", "all"):
-            raise ValueError(f"maps {maps!r} is not 'none', 'nifti' or 'all'")
-        self.output_dir = os.fspath(output_dir)
-        self.columns = list(columns)
-        self.maps = maps
-        self.overlays = overlays
-        self.threshold = threshold
-        from monai_scrd.scoring.plots import overlay_color_range
-
-        # the (vmin, vmax) of every overlay of this run, so their colours compare (None: each its own map's range)
-        self.overlay_range = overlay_color_range(threshold)
-        self.errors = errors if errors is not None else ErrorCollector(os.path.join(self.output_dir, "errors.csv"))
-        if self.errors.errors_csv is None:
-            self.errors.errors_csv = os.path.join(self.output_dir, "errors.csv")
-        self.scores_csv = os.path.join(self.output_dir, "scores.csv")
-        self.rows: list[dict] = []
-        self._names: set[str] = set()
-        os.makedirs(self.output_dir, exist_ok=True)
-        self._file = open(self.scores_csv, "w", newline="", encoding="utf-8", errors=CSV_ERRORS)
-        self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
-        self._csv.writeheader()
-        self._file.flush()
-
-    def _name(self, path: str) -> str:
-        base, i = _stem(path), 1
-        name = base
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
-
-    def add(self, result: ScoreResult) -> dict | None:
-        """Write one result: its ``scores.csv`` row (returned) and files, or its ``errors.csv`` line (None)."""
-        if result.error:
-            self.errors.add(result.path, result.error)
-            return None
-        row = {**{k: v for k, v in result.item.items() if k != "image"}, "path": result.path, "score": result.score,
-               "is_anomaly": result.is_anomaly, "kind": result.kind, "heatmap": "", "anomaly_map": ""}
-        try:
-            if self.maps != "none" or self.overlays:
-                name = self._name(result.path)
-                nifti = result.source is not None and (result.kind == "volume" or result.source.format == "nifti")
-                if result.anomaly_map is not None and (self.maps == "all" or (self.maps == "nifti" and nifti)):
-                    header = result.source.meta.get("header") if result.source is not None else None
-                    row["anomaly_map"] = save_map(result.anomaly_map, os.path.join(self.output_dir, "maps", f"{name}_anomaly_map.nii.gz"),
-                                                  result.affine, header)
-                if self.overlays:
-                    row["heatmap"] = _overlay(result, os.path.join(self.output_dir, "heatmaps", f"{name}.png"), self.threshold,
-                                              self.overlay_range)
-        except Exception as e:  # noqa: BLE001 - e.g. a full disk: the file's outputs failed, the job goes on
-            self.errors.add(result.path, f"{result.path}: could not write its outputs ({type(e).__name__}: {e})")
-            return None
-        self.add_row(row)
-        return row
-
-    def add_row(self, row: Mapping) -> None:
-        """Append a row (a dict with the ``columns``) to ``scores.csv`` and flush it."""
-        self._csv.writerow({k: _cell(row.get(k)) for k in self.columns})
-        self._file.flush()
-        self.rows.append(dict(row))
-
-    def close(self) -> None:
-        """Close ``scores.csv`` and write ``errors.csv``."""
-        if not self._file.closed:
-            self._file.close()
-        self.errors.write()
-
-    def __enter__(self) -> ScoreWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
