@@ -13,11 +13,16 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 
 from monailabel.config import settings
 from monailabel.main import Main
 
 CORS_NONE = "https://cors-disabled.invalid"
+# The origins are set as strings (see above), so pydantic warns once that they are not URL objects when MONAI Label
+# dumps its settings at start: expected here, and silenced for exactly that value.
+warnings.filterwarnings("ignore", message=r"(?s)Pydantic serializer warnings:.*'https://cors-disabled\.invalid'",
+                        category=UserWarning)
 DEFAULT_UVICORN_APP = "monailabel.app:app"
 
 
