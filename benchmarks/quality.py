@@ -452,7 +452,7 @@ score, per-scale scores, machine; `results/speed/`). No number below is typed by
 ## At a glance: what a user gets
 
 Each model trained, fitted and evaluated by the bundle's own commands with its defaults unless the row says otherwise
-(EfficientNet-Lite0 teacher, 128 px for brain and chest, all scales, top-5% image score, the threshold fitted on the
+(EfficientNet-Lite0 teacher, 128 px, all scales, top-5% image score, the threshold fitted on the
 training normals alone); test labels only measure. Details and the scoring choices: the next section.
 
 {glance}

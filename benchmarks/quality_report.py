@@ -435,7 +435,7 @@ GLANCE_ROWS = (  # (data set, bundle_auto folder or bundle_sample/<name>, what w
     ("", "bundle_auto/chest_rd4ad_fixed", "RD4AD, same scoring"),
     ("", "bundle_auto/chest_lite1", "SCRD, `--backbone efficientnet_lite1`"),
     ("", "bundle_auto/chest_lite2", "SCRD, `--backbone efficientnet_lite2`"),
-    ("embedded brain sample, the README's main command (256 px)", "bundle_sample/default_fitted_scoring",
+    ("embedded brain sample, the README's main command", "bundle_sample/default_fitted_scoring",
      "SCRD, the bundle's defaults"),
 )
 
