@@ -126,6 +126,27 @@ def test_split_json_missing_and_empty_folder(folders, tmp_path, capsys):
     assert "missing 'test' object" in capsys.readouterr().err
 
 
+def test_same_folder_for_training_and_test_refused(folders, tmp_path, capsys):
+    """The same folder (or file) as training and test images: one error line naming it, exit 2, nothing written."""
+    train = folders / "train" / "normal"
+    out = tmp_path / "o.json"
+    assert main(["--train-normal", str(train), "--test-normal", str(train), "--test-abnormal", str(folders / "test/tumour"),
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {train / 'tr0.png'}: is both a training and a test image"), err
+    assert f"10 of the 13 test images" in err and f"folder {train} is given as training and as test folder" in err
+    assert not out.exists()
+    # the same folder reached through another path; a CSV listing one file as train and test
+    assert main(["--train-normal", str(train), "--test-abnormal", str(train / ".." / "normal"), "--output", str(out)]) == 2
+    assert "is both a training and a test image" in capsys.readouterr().err and not out.exists()
+    with open(folders / "both.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), ("train/normal/tr0.png", 0, "val"),
+                                 ("train/normal/tr1.png", 0, "train"), ("train/normal/tr0.png", 0, "test")])
+    assert main(["--csv", str(folders / "both.csv"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tr0.png: is both a training and a test image" in err, err
+
+
 def test_cli_help_is_fast_and_clear():
     res = subprocess.run([sys.executable, "-m", "monai_scrd.prepare", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0

@@ -46,7 +46,8 @@ class _Marker:
 
 
 def _png(path, size=(40, 48), value=None) -> str:
-    arr = np.full(size, value, np.uint8) if value is not None else np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    # random pixels: a constant image is refused (nothing to score); ``value`` picks another image
+    arr = np.random.default_rng(0 if value is None else 1000 + value).integers(0, 256, size, dtype=np.uint8)
     Image.fromarray(arr).save(path)
     return os.fspath(path)
 
@@ -301,7 +302,9 @@ def test_4_pixel_budget_from_the_header_and_linear_resize(tmp_path, monkeypatch)
     from test_data_utils import make_dicom
 
     big = str(tmp_path / "big.png")
-    Image.fromarray(np.zeros((6000, 5000), np.uint8)).save(big)  # 30 megapixels, a few kB of PNG
+    halves = np.zeros((6000, 5000), np.uint8)
+    halves[:, 2500:] = 255  # not constant: a constant image is refused (nothing to score)
+    Image.fromarray(halves).save(big)  # 30 megapixels, a few kB of PNG
     monkeypatch.setenv("SCRD_MAX_PIXELS", str(10_000_000))
     with pytest.raises(DataError) as info:
         read_medical_image(big)

@@ -265,10 +265,10 @@ def test_mixed_folder_scores_what_it_can(tmp_path, caplog):
 
     mixed = tmp_path / "mixed"
     series = write_series(mixed, _stored_volume()[..., :2])
-    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(mixed / "constant.png")
+    Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 5, (40, 1))).save(mixed / "ramp.png")
     _normals(mixed, n=1)
     make_nifti(mixed / "slice.nii.gz", np.random.default_rng(0).random((40, 40)).astype(np.float32), AFFINE)
-    assert list_image_inputs(mixed) == sorted([series, str(mixed / "constant.png"), str(mixed / "n0.png"),
+    assert list_image_inputs(mixed) == sorted([series, str(mixed / "ramp.png"), str(mixed / "n0.png"),
                                                str(mixed / "slice.nii.gz")])
     errors = ErrorCollector(tmp_path / "out" / "errors.csv")
     inference = AnomalyInference(Scorer(tiny_model(), image_size=32), str(tmp_path / "out"), save_heatmaps=False,
@@ -277,7 +277,7 @@ def test_mixed_folder_scores_what_it_can(tmp_path, caplog):
         rows = inference(str(mixed))
         with pytest.raises(SystemExit) as info:
             errors.check()
-    assert sorted(os.path.basename(r["path"]) for r in rows) == ["constant.png", "n0.png", "slice.nii.gz"]
+    assert sorted(os.path.basename(r["path"]) for r in rows) == ["n0.png", "ramp.png", "slice.nii.gz"]
     assert str(info.value) == (f"error: 1 input file(s) could not be processed; see {tmp_path / 'out' / 'errors.csv'} "
                                "(the results of the other 3 were written)")
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -383,3 +383,52 @@ def test_evaluation_refuses_an_earlier_runs_folder(in_process, tmp_path):
                     output_dir=str(tmp_path / "run"), datalist=str(tmp_path / "missing.json"), overwrite=True)
     wf.initialize()  # the earlier run's files are cleared; nothing else was read
     assert os.listdir(ev) == []
+
+
+# --------------------------------------------------------------------- constant images, copies (issue 21)
+def test_constant_image_refused_like_an_empty_volume(tmp_path):
+    """A constant 2D image (gray or a flat colour) is refused with one line naming the file and its value, as a
+    constant volume is; scoring writes an error, not a strong anomaly; the training check refuses it up front."""
+    from monai_scrd.data.robust import check_training_files
+    from monai_scrd.scoring import Scorer
+    from monai_scrd.scoring.dataset import Preprocessor
+
+    gray, red = tmp_path / "gray.png", tmp_path / "red.png"
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(gray)
+    Image.fromarray(np.tile(np.array([255, 0, 0], np.uint8), (40, 40, 1))).save(red)
+    volume = tmp_path / "flat.nii.gz"
+    make_nifti(volume, np.full((40, 40, 3), 7.0, np.float32), AFFINE)
+    prep = Preprocessor(image_size=32, color_mode="rgb")
+    assert prep(str(gray)).error == f"{gray}: image is constant (every pixel 128): nothing to score"
+    assert prep(str(red)).error == f"{red}: image is constant (every pixel (255, 0, 0)): nothing to score"
+    assert prep(str(volume)).error == f"{volume}: all 3 slices along axis 2 are empty (constant)"
+    normal = _normals(tmp_path / "ok", n=1)[0]
+    assert prep(normal).error == "" and prep(normal).count == 1
+    (result,) = Scorer(tiny_model(), image_size=32).score([str(gray)])
+    assert result.score is None and result.error == f"{gray}: image is constant (every pixel 128): nothing to score"
+    with pytest.raises(DataError) as info:
+        check_training_files([normal, str(gray)])
+    assert str(info.value).splitlines()[1:] == [f"{gray}: image is constant (every pixel 128): nothing to score"]
+
+
+def test_validation_copy_of_a_training_image_is_warned(tmp_path, caplog):
+    """A validation image byte-identical to a training image: one warning line with the count and an example."""
+    from monai_scrd.engines.utils import validation_items
+
+    root = tmp_path / "data"
+    paths = _normals(root / "imgs")
+    copy = root / "imgs" / "copy_of_n0.png"
+    copy.write_bytes(open(paths[0], "rb").read())
+    data = {"training": [{"image": f"imgs/{os.path.basename(p)}"} for p in paths[:6]],
+            "validation": [{"image": f"imgs/{os.path.basename(p)}"} for p in paths[6:]] + [{"image": "imgs/copy_of_n0.png"}]}
+    (root / "datalist.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.INFO, logger="monai_scrd.engines"):
+        items = validation_items(str(root / "datalist.json"))
+    assert len(items) == 3  # kept, not refused
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith("1 of the 3 validation images are byte-identical to training images")
+    assert "copy_of_n0.png" in warned[0] and "n0.png" in warned[0] and "\n" not in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_scrd.engines"):
+        validation_items(_datalist(str(tmp_path / "clean")))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

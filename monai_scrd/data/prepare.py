@@ -224,6 +224,19 @@ def hold_out_validation(
     return [t for i, t in enumerate(training) if i not in picked], [t for i, t in enumerate(training) if i in picked]
 
 
+def check_no_overlap(training: Sequence[Item], test: Sequence[Item], hint: str = "") -> None:
+    """Refuse test images that are also training/validation images (the same file, after resolving links and
+    relative parts): the datalist loader and training refuse such a datalist, so it is never written. ``hint`` (e.g.
+    the folders given) is appended to the one-line error."""
+    train_real = {os.path.realpath(it["image"]) for it in training}
+    both = [it["image"] for it in test if os.path.realpath(it["image"]) in train_real]
+    if both:
+        raise DataError(
+            f"{both[0]}: is both a training and a test image ({len(both)} of the {len(test)} test images are also "
+            f"training/validation images); give test images apart from the training ones{hint}"
+        )
+
+
 def sha1_file(path: str, chunk: int = 1 << 20) -> str:
     """SHA-1 hex digest of a file's bytes."""
     h = hashlib.sha1()
@@ -344,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             desc = "built from class folders"
         training, test = entries.get("training", []), entries.get("test", [])
         validation = list(entries.get("validation", []))
+        hint = ""
+        if not (args.split_json or args.csv):
+            train_dirs = {os.path.realpath(d) for d in args.train_normal}
+            same = [d for d in list(args.test_normal) + list(args.test_abnormal) if os.path.realpath(d) in train_dirs]
+            hint = f" (folder {same[0]} is given as training and as test folder)" if same else " (overlapping folders?)"
+        check_no_overlap(training + validation, test, hint)
 
         dups: list[dict] = []
         if not args.no_duplicate_check and test and (training or validation):

@@ -16,6 +16,7 @@ from typing import Any
 
 from monai_scrd.data.errors import ConfigError, DataError, describe
 from monai_scrd.data.readers import read_medical_image
+from monai_scrd.data.volume import constant_error, is_empty
 
 __all__ = ["unwrap_error", "error_message", "validate_training_files", "check_training_files"]
 
@@ -48,11 +49,13 @@ def _paths(items: Iterable[Any], key: str = "image") -> list[str]:
 def validate_training_files(items: Iterable[str | os.PathLike | Mapping], key: str = "image") -> list[tuple[str, str]]:
     """Fully read (decode and check) every image; return ``[(path, error), ...]`` for those that fail (empty when all
     are fine). ``items`` are paths or datalist dicts holding the path under ``key``. 3D volumes count as errors
-    (training uses 2D images)."""
+    (training uses 2D images), and so do constant images (every pixel the same value), which scoring refuses."""
     bad = []
     for path in _paths(items, key):
         try:
-            read_medical_image(path, allow_volume=False)
+            img = read_medical_image(path, allow_volume=False)
+            if is_empty(img.array, channel_axis=0):  # nothing to learn from, and scoring refuses it too
+                raise DataError(constant_error(path, img.array))
         except ConfigError:  # a bad setting (e.g. $SCRD_MAX_PIXELS) is not the image's fault
             raise
         except Exception as e:  # noqa: BLE001

@@ -12,13 +12,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["slice_volume", "assemble_volume"]
+__all__ = ["is_empty", "constant_error", "slice_volume", "assemble_volume"]
 
 
 def _axis(axis: int, ndim: int = 3) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"slice axis {axis} is out of range for a {ndim}D volume")
     return axis % ndim
+
+
+def is_empty(array: np.ndarray | torch.Tensor, tolerance: float = 0.0, channel_axis: int | None = None) -> bool:
+    """Whether ``array`` holds nothing to score: its value range (max - min) is at most ``tolerance`` (every pixel the
+    same value: all background / zero padding). The one rule for empty volume slices (:func:`slice_volume`) and
+    constant 2D images (``channel_axis``: each channel is checked on its own, so a flat colour is empty too)."""
+    arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if arr.size == 0:
+        return True
+    if channel_axis is None:
+        return float(arr.max() - arr.min()) <= tolerance
+    flat = np.moveaxis(arr, channel_axis, 0).reshape(arr.shape[channel_axis], -1)
+    return bool(np.all(flat.max(axis=1) - flat.min(axis=1) <= tolerance))
+
+
+def constant_error(path: str, array: np.ndarray | torch.Tensor, channel_axis: int | None = 0) -> str:
+    """The one-line error for a constant 2D image (see :func:`is_empty`), naming ``path`` and its value."""
+    arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if channel_axis is None or arr.ndim < 2:
+        values = [float(arr.flat[0])]
+    else:
+        values = [float(v) for v in np.moveaxis(arr, channel_axis, 0).reshape(arr.shape[channel_axis], -1)[:, 0]]
+    value = f"{values[0]:g}" if len(set(values)) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
+    return f"{path}: image is constant (every pixel {value}): nothing to score"
 
 
 def slice_volume(
@@ -43,7 +67,7 @@ def slice_volume(
     out = []
     for i in range(vol.shape[axis]):
         sl = np.take(vol, i, axis=axis)
-        if skip_empty and float(sl.max() - sl.min()) <= empty_tolerance:
+        if skip_empty and is_empty(sl, empty_tolerance):
             continue
         out.append((i, sl))
     return out
