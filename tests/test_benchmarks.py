@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -49,7 +51,8 @@ def test_quality_smoke(tmp_path):
     results = quality.main(["--smoke", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)])
     assert {r["row"] for r in results} == {"rd4ad", "scrd_distill_cal"}
     for r in results:
-        assert 0.0 <= r["metrics"]["official"]["auroc"] <= 1.0
+        labels = [0 if p.startswith("test/normal/") else 1 for p in r["test_paths"]]  # the recorded AUROC is the scores'
+        assert r["metrics"]["official"]["auroc"] == pytest.approx(roc_auc_score(labels, r["test_scores"]), abs=1e-5)
         assert r["metrics"]["dedup"]["n_normal"] == r["metrics"]["official"]["n_normal"] - 1
         assert (out / "smoke" / f"{r['row']}_seed0.json").exists()
         assert len(r["test_scale_scores"]) == r["n_test"] and len(r["test_scale_scores"][0]) == 3

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,12 +193,16 @@ def test_evaluation_metrics_scores_plots_and_bad_files(trained, tmp_path):
         m = json.load(f)
     for key in ("auroc", "average_precision", "f1", "accuracy", "threshold", "n_normal", "n_anomalous"):
         assert key in m
-    assert m["n_normal"] == 3 and m["n_anomalous"] == 3 and 0.0 <= m["auroc"] <= 1.0
+    assert m["n_normal"] == 3 and m["n_anomalous"] == 3
     assert m["n_errors"] == 2 and m["n_scored"] == 6
     assert "stored_threshold" in m  # from models/threshold.json (validation normals)
     with open(os.path.join(ev, "scores.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {"path", "label", "score", "is_anomaly"} <= set(rows[0])
+    # the reported AUROC is that of the listed scores, and the decisions are the stored threshold's
+    assert m["auroc"] == pytest.approx(roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows]))
+    assert all((r["is_anomaly"] == "1") == (float(r["score"]) >= m["stored_threshold"]["threshold"]) for r in rows), (
+        [(r["score"], r["is_anomaly"]) for r in rows], m["stored_threshold"])
     for png in ("roc_curve.png", "score_histogram.png"):
         assert os.path.getsize(os.path.join(ev, png)) > 1000
 
