@@ -12,7 +12,7 @@ import os
 import random
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monai_scrd.data.datalist import read_json_file
 from monai_scrd.data.errors import DataError
@@ -26,6 +26,7 @@ __all__ = [
     "check_validation_fraction",
     "hold_out_validation",
     "sha1_file",
+    "byte_identical",
     "find_test_duplicates",
     "to_datalist",
     "main",
@@ -246,21 +247,31 @@ def sha1_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def byte_identical(reference: Sequence[Item], items: Sequence[Item],
+                   digest: Callable[[str], str | None] = sha1_file) -> list[tuple[Item, str, list[str]]]:
+    """``items`` whose file has the same ``digest`` (SHA-1 of the bytes) as a ``reference`` file: ``(item, digest,
+    [reference paths])`` in ``items`` order. A ``digest`` that returns None leaves that file out."""
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for it in reference:
+        h = digest(it["image"])
+        if h is not None:
+            by_hash[h].append(it["image"])
+    found = []
+    for it in items:
+        h = digest(it["image"])
+        if h is not None and h in by_hash:
+            found.append((it, h, by_hash[h]))
+    return found
+
+
 def find_test_duplicates(training: Sequence[Item], test: Sequence[Item]) -> list[dict]:
     """Test images byte-identical (same SHA-1) to a training image.
 
     Returns:
         ``[{"test_image", "label", "sha1", "training_images": [paths]}, ...]`` in test order.
     """
-    by_hash: dict[str, list[str]] = defaultdict(list)
-    for it in training:
-        by_hash[sha1_file(it["image"])].append(it["image"])
-    dups = []
-    for it in test:
-        digest = sha1_file(it["image"])
-        if digest in by_hash:
-            dups.append({"test_image": it["image"], "label": it["label"], "sha1": digest, "training_images": by_hash[digest]})
-    return dups
+    return [{"test_image": it["image"], "label": it["label"], "sha1": h, "training_images": paths}
+            for it, h, paths in byte_identical(training, test)]
 
 
 def _rel(path: str, base: str | None) -> str:

@@ -3,6 +3,7 @@ outputs, the final model with a fitted threshold, and the MLflow extras that MON
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -385,10 +386,15 @@ class TrainingFinalizer:
         model_dir = os.path.dirname(os.path.abspath(self.model_path))
         if model_dir != os.path.abspath(os.path.join(root, "models")):
             extra += ["--model_dir", model_dir]
-        if str(self.extra_info.get("image_size", 128)) != "128":
-            extra += ["--image_size", str(self.extra_info["image_size"])]
-        if self.extra_info.get("backbone", "efficientnet_lite0") != "efficientnet_lite0":
-            extra += ["--backbone", str(self.extra_info["backbone"])]
+        try:  # the settings inference.json would otherwise use
+            with open(os.path.join(root, "configs", "inference.json")) as f:
+                defaults = json.load(f)
+        except (OSError, ValueError):
+            defaults = {}
+        for key in ("image_size", "backbone"):
+            value = self.extra_info.get(key)
+            if value is not None and str(value) != str(defaults.get(key)):
+                extra += [f"--{key}", str(value)]
         more = "".join(f" {shlex.quote(a)}" for a in extra)
         infer = f"python -m monai.bundle run --config_file {shlex.quote(os.path.join(configs, 'inference.json'))}"
         both = f"['{os.path.join(configs, 'train.json')}','{os.path.join(configs, 'evaluate.json')}']"

@@ -51,16 +51,14 @@ class AnomalyInference:
         self.errors = errors if errors is not None else ErrorCollector(os.path.join(output_dir, "errors.csv"))
         self.allow_absolute = allow_absolute
 
-    def _decision(self, result) -> str:
-        """``score S >= threshold T: anomalous`` / ``score S < threshold T: normal`` (the threshold of this file: a
-        volume's depends on its number of slices), or ``score S (no threshold: no decision)``."""
-        n_slices = len(result.slice_scores or {}) if result.kind == "volume" else 1
-        threshold_for = getattr(self.scorer, "threshold_for", None)
-        thr = None if result.is_anomaly is None or threshold_for is None else threshold_for(max(1, n_slices))
-        if thr is None:
+    @staticmethod
+    def _decision(result) -> str:
+        """``score S >= threshold T: anomalous`` / ``score S < threshold T: normal`` (the threshold the scorer decided
+        with: a volume's depends on its number of slices), or ``score S (no threshold: no decision)``."""
+        if result.is_anomaly is None:
             return f"score {result.score:.5g} (no threshold: no decision)"
-        return (f"score {result.score:.5g} >= threshold {thr:.5g}: anomalous" if result.is_anomaly
-                else f"score {result.score:.5g} < threshold {thr:.5g}: normal")
+        return (f"score {result.score:.5g} >= threshold {result.threshold:.5g}: anomalous" if result.is_anomaly
+                else f"score {result.score:.5g} < threshold {result.threshold:.5g}: normal")
 
     def __call__(self, inputs: str | Sequence[str] | Sequence[dict]) -> list[dict]:
         """Score a folder / datalist JSON / file / list of paths (or ``[{"image": path}]``); returns the rows."""

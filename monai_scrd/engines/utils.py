@@ -273,24 +273,15 @@ def warn_validation_copies(training: Sequence[dict], validation: Sequence[dict])
     """Log one warning when validation images are byte-identical (same SHA-1 of the file's bytes) to training images:
     the threshold and the calibration are then fitted partly on images the model was trained on. Not refused. Only
     plain files are compared (a DICOM series folder is not). Returns the number of such validation images."""
-    from monai_scrd.data.prepare import sha1_file
+    from monai_scrd.data.prepare import byte_identical, sha1_file
 
-    def digest(path: str) -> str | None:
+    def digest(path) -> str | None:
         try:
             return sha1_file(path) if os.path.isfile(path) else None
         except OSError:
             return None
 
-    by_hash: dict[str, str] = {}
-    for it in training:
-        h = digest(os.fspath(it["image"]))
-        if h is not None:
-            by_hash.setdefault(h, os.fspath(it["image"]))
-    copies = []
-    for it in validation:
-        h = digest(os.fspath(it["image"]))
-        if h is not None and h in by_hash:
-            copies.append((os.fspath(it["image"]), by_hash[h]))
+    copies = [(os.fspath(it["image"]), os.fspath(paths[0])) for it, _, paths in byte_identical(training, validation, digest)]
     if copies:
         val, train = copies[0]
         logger.warning(f"{len(copies)} of the {len(validation)} validation images are byte-identical to training images "

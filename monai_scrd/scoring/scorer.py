@@ -120,6 +120,7 @@ class ScoreResult:
         item: the input item (e.g. ``label``).
         score: image score (volumes: ``volume_reduction`` of the slice scores); None on error.
         is_anomaly: ``score >= threshold``; None on error or without a threshold.
+        threshold: the threshold of that decision (a volume's depends on its number of slices); None without one.
         error: one line naming the file, empty when fine.
         kind: ``"image"`` or ``"volume"``.
         slice_scores: ``{slice index: score}`` of a volume's non-empty slices.
@@ -133,6 +134,7 @@ class ScoreResult:
     item: dict = field(default_factory=dict)
     score: float | None = None
     is_anomaly: bool | None = None
+    threshold: float | None = None
     error: str = ""
     kind: str = "image"
     slice_scores: dict | None = None
@@ -331,7 +333,9 @@ class Scorer:
         if not math.isfinite(res.score):
             res.score, res.error = None, f"{p.path}: the model returned a non-finite anomaly score"
             return res
-        res.is_anomaly = self.decide(res.score, len(values) if p.kind == "volume" else 1)
+        n_slices = len(values) if p.kind == "volume" else 1
+        res.threshold = self.threshold_for(n_slices)
+        res.is_anomaly = self.decide(res.score, n_slices)
         if maps is not None and p.source is not None:
             img = p.source
             res.affine = np.asarray(img.affine)
