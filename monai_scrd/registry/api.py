@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from monai_scrd.registry.spec import (
@@ -75,20 +75,32 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def quiet_progress(enabled: bool = True) -> Iterator[None]:
-    """No MLflow artifact progress bars inside the block (our commands print none unless asked)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(key)
-    if enabled:
-        os.environ[key] = "false"
+def _restored_environ(names: Iterable[str]) -> Iterator[None]:
+    """Put the environment variables ``names`` back as they were before the block (unset ones unset again)."""
+    saved = {name: os.environ.get(name) for name in names}
     try:
         yield
     finally:
-        if enabled:
-            if previous is None:
-                os.environ.pop(key, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
             else:
-                os.environ[key] = previous
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in the environment for the block only."""
+    with _restored_environ(values):
+        os.environ.update(values)
+        yield
+
+
+@contextlib.contextmanager
+def quiet_progress(enabled: bool = True) -> Iterator[None]:
+    """No MLflow artifact progress bars inside the block (our commands print none unless asked)."""
+    with _environ({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"} if enabled else {}):
+        yield
 
 
 @contextlib.contextmanager
@@ -104,19 +116,16 @@ def tracking_uri_context(uri: str) -> Iterator[Any]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: unset again
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    with _restored_environ(names):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+        finally:
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: unset again
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -252,20 +261,6 @@ def download_model(model_uri: str, tracking_uri: str | None = None, dst_path: st
         raise RegistryError(f"cannot download model {model_uri} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     check_code_model(local)
     return local, described
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load_model(
