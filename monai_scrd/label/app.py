@@ -41,7 +41,14 @@ from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 
 from monai_scrd.label.datastore import ContainedDatastore
-from monai_scrd.label.infer import SCRDInferTask, bundle_folder, describe_served, http_error, load_scorer
+from monai_scrd.label.infer import (
+    REPOSITORY_BUNDLE,
+    SCRDInferTask,
+    bundle_folder,
+    describe_served,
+    http_error,
+    load_scorer,
+)
 from monai_scrd.label.train import SCRDTrainTask
 from monai_scrd.registry.spec import bundle_checkpoint
 from monai_scrd.scoring import resolve_inside
@@ -136,9 +143,8 @@ class SCRDLabelApp(MONAILabelApp):
         return {self.model_name: SCRDInferTask(self.spec, self.scorer, served=self.served)}
 
     def _train_bundle(self) -> str | None:
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         for candidate in (self.conf.get("train_bundle"), self.conf.get("bundle"), os.environ.get("SCRD_BUNDLE"),
-                          os.path.join(here, "bundles", "scrd")):
+                          REPOSITORY_BUNDLE):
             if candidate and os.path.isfile(os.path.join(candidate, "configs", "train.json")):
                 return candidate
         return None

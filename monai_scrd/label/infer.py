@@ -43,15 +43,13 @@ def http_error(status_code: int, detail: str) -> Exception:
 
 
 MAP_FORMATS = ("nii.gz", "npy", "png")
+# the bundle of the repository this package is installed from (editable install)
+REPOSITORY_BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bundles", "scrd")
 
 
 def bundle_folder(conf: dict) -> str:
     """The bundle an app's ``--conf`` names: ``bundle``, else ``$SCRD_BUNDLE``, else the repository's ``bundles/scrd``."""
-    bundle = conf.get("bundle") or os.environ.get("SCRD_BUNDLE")
-    if not bundle:
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        bundle = os.path.join(here, "bundles", "scrd")
-    return os.path.abspath(bundle)
+    return os.path.abspath(conf.get("bundle") or os.environ.get("SCRD_BUNDLE") or REPOSITORY_BUNDLE)
 
 
 def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Scorer, dict]:
