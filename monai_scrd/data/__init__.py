@@ -37,7 +37,7 @@ _EXPORTS = {
         "ShrinkLargeImaged",
         "DataCompose",
     ],
-    "volume": ["is_empty", "constant_error", "slice_volume", "assemble_volume"],
+    "volume": ["is_empty", "check_not_constant", "slice_volume", "assemble_volume"],
     "robust": ["unwrap_error", "error_message", "validate_training_files", "check_training_files"],
     "datalist": ["DATALIST_KEYS", "load_datalist", "validate_datalist", "resolve_path", "is_inside"],
     "color": ["COLOR_MODES", "image_color_mode", "source_color_mode", "resolve_color_mode", "check_color_mode", "trained_color_mode"],

@@ -16,7 +16,7 @@ from typing import Any
 
 from monai_scrd.data.errors import ConfigError, DataError, describe
 from monai_scrd.data.readers import read_medical_image
-from monai_scrd.data.volume import constant_error, is_empty
+from monai_scrd.data.volume import check_not_constant
 
 __all__ = ["unwrap_error", "error_message", "validate_training_files", "check_training_files"]
 
@@ -54,8 +54,7 @@ def validate_training_files(items: Iterable[str | os.PathLike | Mapping], key: s
     for path in _paths(items, key):
         try:
             img = read_medical_image(path, allow_volume=False)
-            if is_empty(img.array, channel_axis=0):  # nothing to learn from, and scoring refuses it too
-                raise DataError(constant_error(path, img.array))
+            check_not_constant(path, img.array)  # nothing to learn from, and scoring refuses it too
         except ConfigError:  # a bad setting (e.g. $SCRD_MAX_PIXELS) is not the image's fault
             raise
         except Exception as e:  # noqa: BLE001

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["is_empty", "constant_error", "slice_volume", "assemble_volume"]
+__all__ = ["is_empty", "check_not_constant", "slice_volume", "assemble_volume"]
 
 
 def _axis(axis: int, ndim: int = 3) -> int:
@@ -34,15 +34,21 @@ def is_empty(array: np.ndarray | torch.Tensor, tolerance: float = 0.0, channel_a
     return bool(np.all(flat.max(axis=1) - flat.min(axis=1) <= tolerance))
 
 
-def constant_error(path: str, array: np.ndarray | torch.Tensor, channel_axis: int | None = 0) -> str:
-    """The one-line error for a constant 2D image (see :func:`is_empty`), naming ``path`` and its value."""
+def check_not_constant(path: str, array: np.ndarray | torch.Tensor, channel_axis: int = 0) -> None:
+    """Refuse a constant 2D image (``[C, H, W]``, see :func:`is_empty`): one line naming ``path`` and its value, the
+    same for training's file check and for scoring.
+
+    Raises:
+        DataError: every pixel of every channel has the same value.
+    """
+    if not is_empty(array, channel_axis=channel_axis):
+        return
+    from monai_scrd.data.errors import DataError
+
     arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    if channel_axis is None or arr.ndim < 2:
-        values = [float(arr.flat[0])]
-    else:
-        values = [float(v) for v in np.moveaxis(arr, channel_axis, 0).reshape(arr.shape[channel_axis], -1)[:, 0]]
+    values = [float(v) for v in np.moveaxis(arr, channel_axis, 0).reshape(arr.shape[channel_axis], -1)[:, 0]]
     value = f"{values[0]:g}" if len(set(values)) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
-    return f"{path}: image is constant (every pixel {value}): nothing to score"
+    raise DataError(f"{path}: image is constant (every pixel {value}): nothing to score")
 
 
 def slice_volume(

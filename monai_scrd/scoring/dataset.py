@@ -18,7 +18,7 @@ from monai_scrd.data.errors import ConfigError, DataError
 from monai_scrd.data.readers import MedicalImage, read_medical_image
 from monai_scrd.data.robust import error_message
 from monai_scrd.data.transforms import array_transforms
-from monai_scrd.data.volume import constant_error, is_empty, slice_volume
+from monai_scrd.data.volume import check_not_constant, slice_volume
 
 if TYPE_CHECKING:
     from monai_scrd.scoring.scorer import Scorer
@@ -129,8 +129,7 @@ class Preprocessor:
                 images = torch.stack([self._tensor(s[None]) for _, s in picked])
                 prepared = Prepared(path, item, images, "volume", [i for i, _ in picked])
             else:
-                if is_empty(img.array, channel_axis=0):  # the empty-slice rule of volumes, per channel
-                    raise DataError(constant_error(path, img.array))
+                check_not_constant(path, img.array)  # the empty-slice rule of volumes, per channel
                 if self.refuse_color_mismatch:
                     check_color_mode(img.array, self.settings["color_mode"], path)
                 prepared = Prepared(path, item, self._tensor(img.array)[None], "image")
