@@ -489,6 +489,9 @@ before measuring (the issue's): `auto` becomes the default only with a correlati
 
 Which defaults were read from test tables (brain split): the distillation weight, the alpha floor, per-scale
 calibration, the candidate set of scorings, the 15-pass training length, and (by the rule above) fixed over `auto`.
+From the brain and chest tables of this section: the teacher, EfficientNet-Lite0 kept over Lite1 and Lite2 (the
+`*_lite1` / `*_lite2` rows against `*_fixed`, test AUROC). RD4AD's lead over the default (`*_rd4ad_fixed`) was read
+and not acted on.
 Not read from any test table: the synthetic family, the threshold rule (order statistic, cross-fitting), the volume
 rule, the colour rule.
 
