@@ -1,7 +1,8 @@
 """One file, one score: the same five files (PNG, DICOM, 2D NIfTI, a 3D NIfTI volume and a broken PNG) through the
 four entry points -- the bundle's evaluation, the bundle's inference, the registered MLflow pyfunc and the MONAI Label
 server -- with a bundle at NON-default settings (96 px, percentile intensity scaling with 2/98 %) give identical
-scores (1e-5), identical threshold decisions and the same one-line error for the broken file.
+scores (1e-5), identical threshold decisions and the same one-line error for the broken file, with every installed
+backend (PyTorch, ONNX Runtime, OpenVINO), each held to PyTorch's reference scores.
 
 The MONAI Label part needs the label venv (``scripts/install_label.sh``); without it that test is skipped, unless
 ``SCRD_REQUIRE_LABEL=1`` (CI) makes it a failure, as in ``test_label.py``."""
@@ -76,9 +77,17 @@ def _csv(path: str) -> dict[str, dict]:
         return {row["path"]: row for row in csv.DictReader(f)}
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    root = os.path.realpath(str(tmp_path_factory.mktemp("consistency")))
+from monai_scrd.scoring.backends import installed_backends  # noqa: E402
+
+
+def _graphs(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.endswith(".onnx")) if os.path.isdir(folder) else []
+
+
+@pytest.fixture(scope="module", params=installed_backends())
+def case(tmp_path_factory, request):
+    backend = request.param
+    root = os.path.realpath(str(tmp_path_factory.mktemp(f"consistency_{backend}")))
     net, bundle = train_tiny_bundle(os.path.join(root, "bundle"))
     _write_bundle_configs(bundle)
     data = os.path.join(root, "data")
@@ -93,20 +102,20 @@ def case(tmp_path_factory):
         json.dump({"test": [{"image": os.path.basename(paths[k]), "label": LABELS[k]} for k in (*KINDS, "broken")]}, f)
     order = [paths[k] for k in (*KINDS, "broken")]
     out: dict = {"root": root, "net": net, "bundle": bundle, "paths": paths, "threshold": threshold, "reference": ref,
-                 "data": data}
+                 "data": data, "backend": backend}
     cfg = os.path.join(bundle, "configs")
 
     # 1. bundle evaluation (`run evaluating`)
     _workflow([os.path.join(cfg, "train.json"), os.path.join(cfg, "evaluate.json")], "evaluating",
               datalist=os.path.join(data, "datalist.json"), eval_dir=os.path.join(root, "eval"),
-              output_dir=os.path.join(root, "runs"), device="cpu")
+              output_dir=os.path.join(root, "runs"), device="cpu", backend=backend)
     rows, errors = _csv(os.path.join(root, "eval", "scores.csv")), _csv(os.path.join(root, "eval", "errors.csv"))
     out["evaluation"] = ({p: (float(r["score"]), r["is_anomaly"] == "1") for p, r in rows.items()},
                          {p: r["error"] for p, r in errors.items()})
 
     # 2. bundle inference (`run`)
     _workflow([os.path.join(cfg, "inference.json")], "run", inputs=order, output_dir=os.path.join(root, "infer"),
-              device="cpu", save_heatmaps=False)
+              device="cpu", save_heatmaps=False, backend=backend)
     rows, errors = _csv(os.path.join(root, "infer", "scores.csv")), _csv(os.path.join(root, "infer", "errors.csv"))
     out["inference"] = ({p: (float(r["score"]), r["is_anomaly"] == "1") for p, r in rows.items()},
                         {p: r["error"] for p, r in errors.items()})
@@ -120,18 +129,23 @@ def case(tmp_path_factory):
     uri = f"sqlite:///{os.path.join(root, 'mlflow.db')}"
     cwd = os.getcwd()
     os.chdir(root)
-    prev = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), os.environ.get("SCRD_DEVICE"))
+    prev = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), os.environ.get("SCRD_DEVICE"), os.environ.get("SCRD_BACKEND"))
     try:
         register_model("scrd", bundle_dir=bundle, tracking_uri=uri, alias="champion", example_paths=[paths["png"]])
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        os.environ["SCRD_DEVICE"] = "cpu"
-        pred = mlflow.pyfunc.load_model("models:/scrd@champion").predict(pd.DataFrame({"image": order}))
+        os.environ["SCRD_DEVICE"], os.environ["SCRD_BACKEND"] = "cpu", backend
+        model = mlflow.pyfunc.load_model("models:/scrd@champion")
+        pred = model.predict(pd.DataFrame({"image": order}))
+        out["pyfunc_backend"] = model.unwrap_python_model().scorer.backend
+        out["registered_graphs"] = _graphs(os.path.join(mlflow.artifacts.download_artifacts("models:/scrd@champion"),
+                                                        "artifacts", "compiled"))
     finally:
         os.chdir(cwd)
         mlflow.set_tracking_uri(prev[0])
         mlflow.set_registry_uri(prev[1])
-        os.environ.pop("SCRD_DEVICE") if prev[2] is None else os.environ.__setitem__("SCRD_DEVICE", prev[2])
+        for name, value in (("SCRD_DEVICE", prev[2]), ("SCRD_BACKEND", prev[3])):
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
     out["pyfunc_rows"] = json.loads(pred.to_json(orient="records"))
     out["pyfunc"] = ({r["image"]: (float(r["score"]), bool(r["is_anomaly"])) for r in out["pyfunc_rows"] if not r["error"]},
                      {r["image"]: r["error"] for r in out["pyfunc_rows"] if r["error"]})
@@ -161,6 +175,18 @@ def test_evaluation_uses_the_bundle_settings(case):
     assert any(decisions) and not all(decisions)  # the threshold splits the files
     assert list(errors) == [paths["broken"]]
     assert errors[paths["broken"]].startswith(paths["broken"] + ": ") and "\n" not in errors[paths["broken"]]
+
+
+def test_each_backend_runs_the_graph_of_these_weights(case):
+    """The compiled backends ran (no silent fall-back to PyTorch) on the graph exported beside the bundle's weights;
+    the registered model carries that same graph."""
+    assert case["pyfunc_backend"] == case["backend"]
+    graphs = _graphs(os.path.join(case["bundle"], "models", "compiled"))
+    if case["backend"] == "torch":
+        assert graphs == []
+    else:
+        assert len(graphs) == 1 and graphs[0].startswith("scrd-")
+    assert case["registered_graphs"] and case["registered_graphs"][0] in (graphs or case["registered_graphs"])
 
 
 def test_inference_and_pyfunc_agree_with_evaluation(case):
@@ -198,7 +224,8 @@ def test_monai_label_agrees_with_evaluation(case, tmp_path):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [python, "-m", "monai_scrd.label", "serve", "--studies", str(studies), "--bundle", case["bundle"],
-             "--app-dir", str(tmp_path / "app"), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+             "--app-dir", str(tmp_path / "app"), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+             "--conf", "backend", case["backend"]],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
@@ -208,7 +235,7 @@ def test_monai_label_agrees_with_evaluation(case, tmp_path):
         while True:
             assert proc.poll() is None, "server exited:\n" + log_path.read_text()[-4000:]
             try:
-                urllib.request.urlopen(base + "/info/", timeout=5)
+                info = json.loads(urllib.request.urlopen(base + "/info/", timeout=5).read().decode())
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 assert time.time() < deadline, "MONAI Label did not start in 180 s:\n" + log_path.read_text()[-4000:]
@@ -230,6 +257,7 @@ def test_monai_label_agrees_with_evaluation(case, tmp_path):
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    assert info["models"]["scrd"]["served"]["backend"] == case["backend"], info["models"]["scrd"]["served"]
     # the studies are copies: compare by file name, the error with the copy's path in it
     ref_scores, ref_errors = case["evaluation"]
     by_name = {os.path.basename(p): v for p, v in ref_scores.items()}

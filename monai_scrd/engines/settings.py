@@ -192,6 +192,7 @@ SETTINGS: dict[str, Callable] = {
     "intensity": _intensity,
     "percentiles": _percentiles,
     "score_reduction": _score_reduction(auto=True),
+    "backend": _one_of("auto", "torch", "onnxruntime", "openvino"),
     "model_selection": _model_selection,
     "learning_rate": _number(0, low_open=True),
     "noise_intensity": _number(0),

@@ -59,7 +59,9 @@ def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Score
       to its version, checked to be SCRD's model from code (:func:`monai_scrd.registry.api.download_model`) and read
       from its JSON spec and safetensors weights (nothing is unpickled or run);
     * else ``bundle`` (see :func:`bundle_folder`) with optional ``checkpoint``, ``threshold`` (number or JSON file),
-      ``config_file`` and ``image_size`` (override of the bundle's value).
+      ``config_file`` and ``image_size`` (override of the bundle's value);
+    * either way, ``backend`` (``auto``, the default: the fastest installed compiled backend on the CPU; ``torch``,
+      ``onnxruntime``, ``openvino``), see :class:`~monai_scrd.scoring.Scorer`.
 
     Returns ``(spec, scorer, served)``; ``served`` says what is served: ``source`` (``"registry"``, ``"mlflow model"``
     or ``"bundle"``), ``model_uri``/``name``/``version``/``alias``/``run_id`` or ``path``/``checkpoint``, and
@@ -72,7 +74,7 @@ def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Score
 
         local, described = download_model(model_uri, conf.get("tracking_uri") or None)
         art = os.path.join(local, "artifacts")
-        spec, scorer = scorer_from_dir(art if os.path.isdir(art) else local, device=device)
+        spec, scorer = scorer_from_dir(art if os.path.isdir(art) else local, device=device, backend=conf.get("backend") or None)
         served = {"source": "registry" if "version" in described else "mlflow model", **described}
     else:
         bundle = bundle_folder(conf)
@@ -95,9 +97,12 @@ def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Score
             overrides=overrides,
             threshold=threshold,
             device=device,
+            backend=conf.get("backend") or None,
         )
         served = {"source": "bundle", "path": bundle, "checkpoint": os.path.abspath(checkpoint)}
     served["threshold"] = scorer.threshold
+    scorer.compiled()  # a compiled backend is made now, not on the first request (PyTorch when it falls back)
+    served["backend"] = scorer.backend
     return spec, scorer, served
 
 

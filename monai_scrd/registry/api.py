@@ -13,6 +13,7 @@ from typing import Any
 
 from monai_scrd.registry.spec import (
     CHECKPOINT_FILE,
+    GRAPH_FOLDER,
     NETWORK_TARGET,
     SPEC_FILE,
     WEIGHTS_FILE,
@@ -49,7 +50,7 @@ NETWORK_ARGS = ("backbone", "contrastive", "scale_adaptive", "sigma", "alpha_tem
                 "scale_weighting")
 # third-party packages the pyfunc imports when it scores (monai_scrd itself travels with the model by default)
 RUNTIME_PACKAGES = ("torch", "torchvision", "monai", "numpy", "pandas", "nibabel", "pydicom", "pillow", "scipy", "timm", "mlflow",
-                    "safetensors")
+                    "safetensors", "onnxruntime")
 
 
 class RegistryError(RuntimeError):
@@ -497,6 +498,8 @@ def log_scrd_model(
     with tempfile.TemporaryDirectory(prefix="scrd_log_") as tmp:
         model_dir = write_model_dir(os.path.join(tmp, "model"), checkpoint, spec)
         artifacts = {"weights": os.path.join(model_dir, WEIGHTS_FILE), "spec": os.path.join(model_dir, SPEC_FILE)}
+        if os.path.isdir(os.path.join(model_dir, GRAPH_FOLDER)):  # the compiled backends' graph, beside the weights
+            artifacts["graphs"] = os.path.join(model_dir, GRAPH_FOLDER)
         if spec.threshold:
             artifacts["threshold"] = os.path.join(model_dir, "threshold.json")
             with open(artifacts["threshold"], "w") as f:

@@ -109,7 +109,9 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
     """Loads the artifacts ``weights`` (``model.safetensors``) and ``spec`` (``scrd_model.json``) and scores image files
     with :class:`monai_scrd.scoring.Scorer`. Logged as a "model from code" (:func:`model_code_path`).
 
-    The device is CUDA when available, else CPU; set ``SCRD_DEVICE`` (e.g. ``cpu``) to choose.
+    The device is CUDA when available, else CPU; set ``SCRD_DEVICE`` (e.g. ``cpu``) to choose. The backend is the
+    fastest installed one on the CPU (the graph the model carries, ``artifacts/compiled``), PyTorch on a GPU; set
+    ``SCRD_BACKEND`` (``torch``, ``onnxruntime``, ``openvino``) to choose.
     """
 
     # ``predict`` has no type hint on purpose (the signature given when logging describes the input; a hint would
@@ -130,6 +132,7 @@ class SCRDPyfuncModel(mlflow.pyfunc.PythonModel):
         # "checkpoint": a weights-only model.pt of models registered before the safetensors weights
         weights = context.artifacts.get("weights") or context.artifacts["checkpoint"]
         self.scorer = build_scorer(self.spec, weights, device=device, batch_size=batch_size)
+        self.scorer.compiled()  # a compiled backend ($SCRD_BACKEND, default auto) is made now, not on the first request
 
     def predict(self, context, model_input, params=None):
         params = {**DEFAULT_PARAMS, **{k: v for k, v in dict(params or {}).items() if v is not None}}

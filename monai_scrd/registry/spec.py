@@ -30,6 +30,7 @@ __all__ = [
     "SPEC_FILE",
     "WEIGHTS_FILE",
     "CHECKPOINT_FILE",
+    "GRAPH_FOLDER",
     "ModelSpec",
     "spec_from_bundle",
     "bundle_checkpoint",
@@ -42,6 +43,7 @@ __all__ = [
 SPEC_FILE = "scrd_model.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "model.pt"  # the bundle's trained weights (models/model.pt, weights-only torch file)
+GRAPH_FOLDER = "compiled"  # beside the weights: the ONNX graphs of the compiled backends (scrd-<digest>.onnx)
 
 FORMAT_VERSION = 1
 NETWORK_TARGET = "monai_scrd.networks.SCRD"
@@ -293,12 +295,14 @@ def load_weights(path: str | os.PathLike) -> dict:
     return extract_state_dict(load_weights_file(path), path)
 
 
-def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, spec: ModelSpec) -> str:
+def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, spec: ModelSpec, graph: bool = True) -> str:
     """Write a model folder (``model.safetensors`` with only the weights, plus ``scrd_model.json``) after checking
-    that the checkpoint loads into the network the spec describes. Returns the folder."""
+    that the checkpoint loads into the network the spec describes; with ``graph``, also the network exported to ONNX
+    for the compiled backends, ``compiled/scrd-<digest>.onnx`` (when the exporter is installed). Returns the folder."""
     from safetensors.torch import save_file
 
     from monai_scrd.checkpoint import load_state_dict_checked
+    from monai_scrd.scoring.backends import cache_graph, installed_backends
 
     out_dir = os.fspath(out_dir)
     checkpoint = os.fspath(checkpoint)
@@ -309,12 +313,15 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(out_dir, WEIGHTS_FILE))
     spec.save(os.path.join(out_dir, SPEC_FILE))
+    if graph and len(installed_backends()) > 1:
+        scorer = Scorer(net.eval(), **spec.preprocessing)
+        cache_graph(net, scorer.input_shape, os.path.join(out_dir, GRAPH_FOLDER))
     return out_dir
 
 
 # ------------------------------------------------------------------------------------------------ scorers
 def build_scorer(spec: ModelSpec, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
-                 batch_size: int = 16) -> Scorer:
+                 batch_size: int = 16, backend: str | None = None, graph_cache: str | os.PathLike | None = None) -> Scorer:
     """The :class:`~monai_scrd.scoring.Scorer` of a spec and its weights (checked against the network).
 
     Args:
@@ -323,6 +330,10 @@ def build_scorer(spec: ModelSpec, checkpoint: str | os.PathLike, device: str | t
             is unpickled.
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         batch_size: images per forward pass.
+        backend: what runs the network (see :class:`~monai_scrd.scoring.Scorer`); default: ``$SCRD_BACKEND``, else
+            ``"auto"``.
+        graph_cache: folder of the compiled graphs; default: ``compiled`` beside the weights (a bundle's
+            ``models/compiled``, a registered model's artifacts).
     """
     from monai_scrd.checkpoint import load_state_dict_checked
 
@@ -339,6 +350,8 @@ def build_scorer(spec: ModelSpec, checkpoint: str | os.PathLike, device: str | t
         threshold=spec.threshold,
         batch_size=batch_size,
         device=device,
+        backend=backend or os.environ.get("SCRD_BACKEND") or "auto",
+        graph_cache=graph_cache or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), GRAPH_FOLDER),
     )
 
 

@@ -47,6 +47,7 @@ from monai_scrd.scoring.anomaly_map import (
     image_score,
     top_fraction,
 )
+from monai_scrd.scoring.backends import CompiledNetwork, compile_network, resolve_backend
 from monai_scrd.scoring.dataset import Prepared, Preprocessor
 from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
 from monai_scrd.scoring.io import json_safe
@@ -126,6 +127,8 @@ class ScoreResult:
         slice_scores: ``{slice index: score}`` of a volume's non-empty slices.
         anomaly_map: with ``return_maps``: float32 map at the file's own size (2D NIfTI: the file's own shape;
             volumes: the volume's shape, 0 on skipped slices) or, with ``map_size="model"``, at the model's size (2D).
+        model_map: with ``return_maps``, a 2D image's map at the model's size ``[h, w]`` (float32): enough for a
+            heatmap drawn at a bounded size, without resampling the file-size map.
         affine: the file's affine (for NIfTI maps).
         source: the decoded file (with ``return_maps``).
     """
@@ -139,6 +142,7 @@ class ScoreResult:
     kind: str = "image"
     slice_scores: dict | None = None
     anomaly_map: np.ndarray | None = None
+    model_map: np.ndarray | None = None
     affine: np.ndarray | None = None
     source: MedicalImage | None = None
 
@@ -179,6 +183,12 @@ class Scorer:
         device: where the network runs; default: where its parameters are.
         amp: on CUDA, run the network's features in float16 autocast (the anomaly map and score stay float32).
         channels_last: feed the network channels-last inputs (faster convolutions on the CPU and on tensor cores).
+        backend: what runs the network (:mod:`monai_scrd.scoring.backends`): ``"torch"``, ``"onnxruntime"``,
+            ``"openvino"`` or ``"auto"`` (PyTorch on a GPU, the fastest installed compiled backend on the CPU). A
+            compiled backend exports the network's weights as they are at the first forward pass (load them first),
+            and falls back to PyTorch, with a warning, when its maps differ from PyTorch's.
+        graph_cache: folder where compiled graphs are cached, one per set of weights (default: a temporary folder).
+        precision: OpenVINO's inference precision (``"f32"``; see :class:`~monai_scrd.scoring.backends.CompiledNetwork`).
     """
 
     def __init__(
@@ -198,6 +208,9 @@ class Scorer:
         device: str | torch.device | None = None,
         amp: bool = True,
         channels_last: bool = True,
+        backend: str = "torch",
+        graph_cache: str | os.PathLike | None = None,
+        precision: str = "f32",
     ) -> None:
         if volume_reduction not in REDUCTIONS:
             raise ValueError(f"volume_reduction {volume_reduction!r} is not 'mean' or 'max'")
@@ -217,6 +230,10 @@ class Scorer:
         self._device = None if device is None else torch.device(device)
         self.amp = bool(amp)
         self.channels_last = bool(channels_last)
+        self.backend = resolve_backend(backend, self.device)
+        self.graph_cache = None if graph_cache in (None, "") else os.fspath(graph_cache)
+        self.precision = precision
+        self._compiled: CompiledNetwork | None = None
 
     def _check_trained_settings(self, source: Any) -> None:
         """Refuse preprocessing settings other than those the threshold was fitted with (recorded by training in
@@ -271,6 +288,23 @@ class Scorer:
         param = next(self.core.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the preprocessed images."""
+        size = self.preprocessor.settings["image_size"]
+        h, w = (size, size) if isinstance(size, int) else size
+        return self.preprocessor.settings["channels"], int(h), int(w)
+
+    def compiled(self) -> CompiledNetwork | None:
+        """The compiled network of a compiled backend (made at the first call, from the weights as they are then),
+        or None for PyTorch (also after a compiled backend fell back to it)."""
+        if self.backend != "torch" and self._compiled is None:
+            self._compiled = compile_network(self.core, self.backend, self.input_shape, self.graph_cache, self.device,
+                                             self.precision)
+            if self._compiled is None:
+                self.backend = "torch"
+        return self._compiled
+
     def threshold_for(self, n_slices: int = 1) -> float | None:
         """The threshold of an image (``n_slices`` 1) or of a volume's maximum over ``n_slices`` slice scores."""
         record = self.threshold_info or {}
@@ -298,6 +332,7 @@ class Scorer:
         preprocessed images ``[N, C, H, W]``, ``batch_size`` at a time, with the network in eval mode."""
         net = self.core
         device = self.device
+        compiled = self.compiled()
         use_amp = self.amp and device.type == "cuda"
         split = use_amp and hasattr(net, "features") and hasattr(net, "anomaly_map")
         was_training = net.training
@@ -305,15 +340,18 @@ class Scorer:
         maps, scores = [], []
         try:
             for chunk in images.split(self.batch_size):
-                x = chunk.to(device, non_blocking=True)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if split:  # half-precision features, float32 map and score
-                    with torch.autocast(device_type="cuda", dtype=torch.float16):
-                        u, v, alpha = net.features(x)
-                    amap = net.anomaly_map([t.float() for t in u], [t.float() for t in v], alpha.float(), tuple(x.shape[-2:]))
+                if compiled is not None:
+                    amap = compiled(chunk)
                 else:
-                    amap = net(x)
+                    x = chunk.to(device, non_blocking=True)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    if split:  # half-precision features, float32 map and score
+                        with torch.autocast(device_type="cuda", dtype=torch.float16):
+                            u, v, alpha = net.features(x)
+                        amap = net.anomaly_map([t.float() for t in u], [t.float() for t in v], alpha.float(), tuple(x.shape[-2:]))
+                    else:
+                        amap = net(x)
                 amap = amap.float()
                 scores.append(image_score(amap, self.score_reduction).cpu())
                 if keep_maps:
@@ -342,8 +380,9 @@ class Scorer:
             if p.kind == "volume":
                 res.anomaly_map = assemble_volume([m[0] for m in maps], p.slice_indices, img.array.shape, img.slice_axis)
             elif map_size == "model":
-                res.anomaly_map = maps[0, 0].numpy()
+                res.anomaly_map = res.model_map = maps[0, 0].numpy()
             else:
+                res.model_map = maps[0, 0].numpy()
                 h, w = img.array.shape[-2:]
                 amap = F.interpolate(maps[:1], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
                 header = img.meta.get("header") if img.format == "nifti" else None
