@@ -47,17 +47,22 @@ class ToGrayscaleChannels(Transform):
 
     Args:
         channels: number of output channels (3 for ImageNet teachers).
+        copy: replicate into new memory; False returns a broadcast view of the one gray channel (no copy: a large
+            image is not held three times before it is shrunk; do not write into it in place).
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, channels: int = 3) -> None:
+    def __init__(self, channels: int = 3, copy: bool = True) -> None:
         self.channels = channels
+        self.copy = bool(copy)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if img.shape[0] in (2, 4):  # gray+alpha or RGBA: drop alpha
             img = img[:-1]
         gray = img.float().mean(dim=0, keepdim=True) if img.shape[0] > 1 else img.float()
+        if not self.copy:
+            return gray.expand(self.channels, *gray.shape[1:])
         return gray.repeat(self.channels, *([1] * (gray.ndim - 1)))
 
 
@@ -101,7 +106,7 @@ class ToColorMode(Transform):
             raise ValueError(f"color_mode {color_mode!r} is not one of {COLOR_MODES}")
         self.color_mode = color_mode
         self.refuse_mismatch = bool(refuse_mismatch)
-        self.to_gray = ToGrayscaleChannels(channels)
+        self.to_gray = ToGrayscaleChannels(channels, copy=False)  # views: the resize at the end makes the copy
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if self.refuse_mismatch:  # a grayscale model refuses colour; an rgb model takes any image as rgb
@@ -115,7 +120,7 @@ class ToColorMode(Transform):
         elif img.shape[0] >= 3:
             out = img[:3].float()
         else:
-            out = ToGrayscaleChannels(3)(img)
+            out = ToGrayscaleChannels(3, copy=False)(img)
         if hasattr(out, "meta"):
             out.meta["color_mode"] = mode
         return out
@@ -258,6 +263,8 @@ class ShrinkLargeImage(Transform):
         if factors == [1, 1]:
             return img
         size = [int(s) // f for s, f in zip(img.shape[-2:], factors)]
+        if img.shape[0] > 1 and img.stride(0) == 0:  # one channel broadcast to all (ToColorMode): shrink it once
+            return Resize(spatial_size=size, mode="area", anti_aliasing=False)(img[:1].float()).expand(img.shape[0], *size)
         return Resize(spatial_size=size, mode="area", anti_aliasing=False)(img.float())
 
 
@@ -299,7 +306,7 @@ class ResizeToModel(Transform):
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(img).float()
         if tuple(x.shape[-2:]) == self.spatial_size:
-            return img
+            return img.contiguous()  # a broadcast view of one channel (ToColorMode) becomes an image of its own
         out = F.interpolate(x[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)[0]
         return convert_to_dst_type(out, img, dtype=torch.float32)[0]
 

@@ -31,6 +31,7 @@ class AnomalyInference:
         save_nifti: write ``maps/<name>_anomaly_map.nii.gz`` for NIfTI inputs and volumes.
         errors: :class:`~monai_scrd.scoring.ErrorCollector` for per-file errors (default: a new one).
         allow_absolute: for a datalist JSON input, accept absolute paths and paths leaving its folder.
+        num_workers: loader processes that read and preprocess files while the network scores (0: none).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class AnomalyInference:
         save_nifti: bool = True,
         errors=None,
         allow_absolute: bool = False,
+        num_workers: int = 0,
     ) -> None:
         from monai_scrd.scoring import ErrorCollector
 
@@ -50,6 +52,7 @@ class AnomalyInference:
         self.save_nifti = bool(save_nifti)
         self.errors = errors if errors is not None else ErrorCollector(os.path.join(output_dir, "errors.csv"))
         self.allow_absolute = allow_absolute
+        self.num_workers = int(num_workers)
 
     @staticmethod
     def _decision(result) -> str:
@@ -77,7 +80,7 @@ class AnomalyInference:
         writer = ScoreWriter(self.output_dir, maps="nifti" if self.save_nifti else "none", overlays=self.save_heatmaps,
                              threshold=self.scorer.threshold, errors=self.errors)
         with writer:
-            for i, result in enumerate(self.scorer.score(items, return_maps=keep_maps), 1):
+            for i, result in enumerate(self.scorer.score(items, return_maps=keep_maps, num_workers=self.num_workers), 1):
                 if writer.add(result) is not None:
                     logger.info(f"[{i}/{len(items)}] {result.path}: {self._decision(result)}")
                 else:

@@ -149,17 +149,19 @@ class ScoringDataset(Dataset):
     Args:
         data: paths or datalist items ``{"image": path, ...}``.
         preprocessor: :class:`Preprocessor` or a :class:`Scorer` (its preprocessor is used).
+        keep_source: keep each decoded file (for maps at the file's own size and heatmaps).
     """
 
-    def __init__(self, data: Sequence[Any], preprocessor: Preprocessor | Scorer) -> None:
+    def __init__(self, data: Sequence[Any], preprocessor: Preprocessor | Scorer, keep_source: bool = False) -> None:
         self.data = list(data)
         self.preprocessor = getattr(preprocessor, "preprocessor", preprocessor)  # a Scorer's, or the Preprocessor itself
+        self.keep_source = bool(keep_source)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> Prepared:
-        return self.preprocessor(self.data[index])
+        return self.preprocessor(self.data[index], self.keep_source)
 
 
 def collate_prepared(batch: Sequence[Prepared]) -> list[Prepared]:

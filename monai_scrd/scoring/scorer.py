@@ -48,7 +48,7 @@ from monai_scrd.scoring.anomaly_map import (
     top_fraction,
 )
 from monai_scrd.scoring.backends import CompiledNetwork, compile_network, resolve_backend
-from monai_scrd.scoring.dataset import Prepared, Preprocessor
+from monai_scrd.scoring.dataset import Prepared, Preprocessor, ScoringDataset, collate_prepared
 from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
 from monai_scrd.scoring.io import json_safe
 
@@ -127,6 +127,8 @@ class ScoreResult:
         slice_scores: ``{slice index: score}`` of a volume's non-empty slices.
         anomaly_map: with ``return_maps``: float32 map at the file's own size (2D NIfTI: the file's own shape;
             volumes: the volume's shape, 0 on skipped slices) or, with ``map_size="model"``, at the model's size (2D).
+            A 2D image's map at its own size is resampled from ``model_map`` when first read (a heatmap alone never
+            needs the 64 megapixels of a large image).
         model_map: with ``return_maps``, a 2D image's map at the model's size ``[h, w]`` (float32): enough for a
             heatmap drawn at a bounded size, without resampling the file-size map.
         affine: the file's affine (for NIfTI maps).
@@ -158,6 +160,29 @@ class ScoreResult:
             out["slice_scores"] = {str(k): v for k, v in self.slice_scores.items()}
         return json_safe(out)
 
+    def resample_map_on_read(self, size: tuple[int, int], shape: tuple[int, ...]) -> None:
+        """Make ``anomaly_map``, when first read, from ``model_map``: bilinear to ``size`` (H, W), then reshaped to
+        ``shape`` (a 2D NIfTI's ``(X, Y[, 1])``) when it has as many values."""
+        self.__dict__["_resample_to"] = (tuple(size), tuple(shape))
+
+
+def _get_anomaly_map(self: ScoreResult) -> np.ndarray | None:
+    target = self.__dict__.pop("_resample_to", None)
+    if target is not None and self.model_map is not None:
+        (h, w), shape = target
+        amap = F.interpolate(torch.from_numpy(self.model_map)[None, None], size=(h, w), mode="bilinear",
+                             align_corners=False)[0, 0].numpy()
+        self.__dict__["_anomaly_map"] = amap.reshape(shape) if int(np.prod(shape)) == amap.size else amap
+    return self.__dict__.get("_anomaly_map")
+
+
+def _set_anomaly_map(self: ScoreResult, value: np.ndarray | None) -> None:
+    self.__dict__.pop("_resample_to", None)
+    self.__dict__["_anomaly_map"] = value
+
+
+# after @dataclass, so that its __init__, repr and comparison go through the property
+ScoreResult.anomaly_map = property(_get_anomaly_map, _set_anomaly_map, doc="See the class docstring.")
 
 
 # ----------------------------------------------------------------------------------------------- scorer
@@ -383,11 +408,9 @@ class Scorer:
                 res.anomaly_map = res.model_map = maps[0, 0].numpy()
             else:
                 res.model_map = maps[0, 0].numpy()
-                h, w = img.array.shape[-2:]
-                amap = F.interpolate(maps[:1], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+                size = tuple(int(s) for s in img.array.shape[-2:])
                 header = img.meta.get("header") if img.format == "nifti" else None
-                shape = tuple(int(s) for s in header.get_data_shape()) if header is not None else amap.shape
-                res.anomaly_map = amap.reshape(shape) if int(np.prod(shape)) == amap.size else amap  # NIfTI: (X, Y[, 1])
+                res.resample_map_on_read(size, tuple(int(s) for s in header.get_data_shape()) if header is not None else size)
         return res
 
     def score_prepared(self, prepared: Sequence[Prepared], return_maps: bool = False, map_size: str = "original") -> list[ScoreResult]:
@@ -411,7 +434,8 @@ class Scorer:
             start += n
         return out
 
-    def score(self, items: Iterable[Any], return_maps: bool = False, map_size: str = "original") -> Iterator[ScoreResult]:
+    def score(self, items: Iterable[Any], return_maps: bool = False, map_size: str = "original",
+              num_workers: int = 0) -> Iterator[ScoreResult]:
         """Score files (paths or ``{"image": path, ...}`` items) in input order, reading each on its own (a bad
         file only fails its own result) and running the network on ``batch_size`` images at a time. Yields each
         :class:`ScoreResult` as soon as its batch is done.
@@ -420,7 +444,17 @@ class Scorer:
             items: the files.
             return_maps: keep each anomaly map (and the decoded file) in the result.
             map_size: ``"original"`` (the file's own size and affine) or ``"model"`` (2D maps at the model's size).
+            num_workers: read and preprocess in this many loader processes while the network scores the previous
+                batch (0: in this process, one batch after the other).
         """
+        if num_workers > 0:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(ScoringDataset(list(items), self, keep_source=return_maps), batch_size=self.batch_size,
+                                num_workers=int(num_workers), collate_fn=collate_prepared)
+            for prepared in loader:
+                yield from self.score_prepared(prepared, return_maps, map_size)
+            return
         pending: list[Prepared] = []
         count = 0
         for item in items:
@@ -432,5 +466,3 @@ class Scorer:
                 pending, count = [], 0
         if pending:
             yield from self.score_prepared(pending, return_maps, map_size)
-
-
