@@ -28,6 +28,8 @@ from test_registry_support import (  # noqa: E402
     train_tiny_bundle,
 )
 
+from monai_scrd.scoring.backends import installed_backends  # noqa: E402
+
 mlflow = pytest.importorskip("mlflow")
 
 GOOD = ("png", "dicom", "nifti")
@@ -143,12 +145,15 @@ def test_load_by_alias_in_fresh_process(registered, tmp_path):
 
 
 @pytest.mark.slow
-def test_rest_scoring_on_loopback(registered, tmp_path):
-    """`mlflow models serve` of models:/scrd@champion on 127.0.0.1: JSON in, scores out; a bad request is a 400."""
+@pytest.mark.parametrize("backend", installed_backends())
+def test_rest_scoring_on_loopback(registered, tmp_path, backend):
+    """`mlflow models serve` of models:/scrd@champion on 127.0.0.1, with each installed backend: JSON in, PyTorch's
+    scores out (the compiled backends run the graph the registered model carries); a bad request is a 400."""
     port = free_port()
     cmd = [PYTHON, "-m", "mlflow", "models", "serve", "-m", "models:/scrd@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]
-    env = clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu", SCRD_OUTPUT_ROOTS=str(tmp_path))
+    env = clean_env(MLFLOW_TRACKING_URI=registered["uri"], SCRD_DEVICE="cpu", SCRD_OUTPUT_ROOTS=str(tmp_path),
+                    SCRD_BACKEND=backend)
     base = f"http://127.0.0.1:{port}"
     with running_server(cmd, base + "/ping", tmp_path / "serve.log", cwd=registered["root"], env=env, timeout=150):
         imgs = registered["images"]
@@ -169,6 +174,7 @@ def test_rest_scoring_on_loopback(registered, tmp_path):
             urllib.request.urlopen(bad, timeout=60)
         assert err.value.code == 400 and "image" in err.value.read().decode()
         assert urllib.request.urlopen(base + "/ping", timeout=5).status == 200  # still serving
+    assert "scoring with PyTorch" not in (tmp_path / "serve.log").read_text()  # no fall-back from the backend asked
 
 
 def test_register_run_cli(registered, tmp_path, monkeypatch):
