@@ -7,7 +7,10 @@ import csv
 import logging
 import os
 import re
+import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,9 +74,10 @@ def save_map(
 def _overlay(result: ScoreResult, path: str, threshold: float | None,
              color_range: tuple[float, float] | None = None) -> str:
     """Heatmap overlay PNG of a scored file (volumes: the slice with the highest score, named in the title as
-    ``slice k of N (highest score)``). ``color_range``: the ``(vmin, vmax)`` shared by a run's overlays (default:
-    :func:`~monai_scrd.scoring.plots.overlay_color_range` of ``threshold``; without a threshold each overlay uses its
-    map's own range)."""
+    ``slice k of N (highest score)``; 2D images: the map at the model's size, ``result.model_map``, when the scorer
+    kept it, resampled straight to the overlay's size). ``color_range``: the ``(vmin, vmax)`` shared by a run's
+    overlays (default: :func:`~monai_scrd.scoring.plots.overlay_color_range` of ``threshold``; without a threshold
+    each overlay uses its map's own range)."""
     from monai_scrd.scoring import plots
 
     img = result.source
@@ -85,14 +89,19 @@ def _overlay(result: ScoreResult, path: str, threshold: float | None,
         image, amap = np.take(img.array, k, axis=img.slice_axis), np.take(result.anomaly_map, k, axis=img.slice_axis)
         where = {"slice_index": int(k), "num_slices": int(img.array.shape[img.slice_axis])}
     else:
-        image = img.array[:3].mean(axis=0) if img.array.shape[0] > 1 else img.array[0]
-        amap = result.anomaly_map.reshape(image.shape)
+        # [C, H, W] colour: averaged by the overlay after it shrank the image (not here, at full size)
+        image = img.array[:3] if img.array.shape[0] > 1 else img.array[0]
+        if result.model_map is not None:  # [h, w] at the model's size: never blown up to the image's size
+            amap = result.model_map
+        else:
+            amap = result.anomaly_map
+            hw = image.shape[-2:]
+            amap = amap.reshape(hw) if amap.size == hw[0] * hw[1] else amap.squeeze()
     if color_range is None:
         color_range = plots.overlay_color_range(threshold)
     vmin, vmax = color_range if color_range is not None else (None, None)
     return plots.save_heatmap_overlay(image, amap, path, score=result.score, threshold=threshold, vmin=vmin, vmax=vmax,
                                       **where)
-
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -168,6 +177,14 @@ class ScoreWriter:
     """Writes a batch job's outputs as results arrive: a ``scores.csv`` row per scored file (flushed at once), the
     anomaly maps and heatmap overlays, and per-file errors into ``errors.csv`` (always written on :meth:`close`).
 
+    The files of a result (map, overlay) and then its ``scores.csv`` row are written on one background thread, in
+    input order, so scoring goes on meanwhile; at most ``max_pending`` results (and about ``max_pending_bytes`` of
+    their arrays) wait, :meth:`add` waits for the oldest beyond that. A result with nothing to write but its row is
+    written at once when nothing waits before it; a result with an error waits for the queue, then is recorded at
+    once. A failed write (e.g. a full disk) becomes an ``errors.csv`` line (logged) and its row leaves :attr:`rows`
+    and is not written. :meth:`close` (the end of a ``with`` block) waits for every write: :attr:`rows` and
+    :attr:`errors` are then complete.
+
     Args:
         output_dir: where ``scores.csv``, ``errors.csv``, ``maps/`` and ``heatmaps/`` go.
         columns: ``scores.csv`` columns, from the result (``path``, ``score``, ``is_anomaly``, ``kind``,
@@ -177,6 +194,8 @@ class ScoreWriter:
         overlays: write ``heatmaps/<name>.png``.
         threshold: shown in the overlays, and the anchor of their one colour scale (:attr:`overlay_range`).
         errors: the :class:`ErrorCollector` (default: a new one writing ``output_dir/errors.csv``).
+        max_pending: results waiting for the background writer, at most.
+        max_pending_bytes: their images and maps, at most (one result more than this still waits alone).
     """
 
     def __init__(
@@ -187,6 +206,8 @@ class ScoreWriter:
         overlays: bool = False,
         threshold: float | None = None,
         errors: ErrorCollector | None = None,
+        max_pending: int = 32,
+        max_pending_bytes: int = 1 << 30,
     ) -> None:
         if maps not in ("none", "nifti", "all"):
             raise ValueError(f"maps {maps!r} is not 'none', 'nifti' or 'all'")
@@ -205,6 +226,12 @@ class ScoreWriter:
         self.scores_csv = os.path.join(self.output_dir, "scores.csv")
         self.rows: list[dict] = []
         self._names: set[str] = set()
+        self.max_pending = max(1, int(max_pending))
+        self.max_pending_bytes = int(max_pending_bytes)
+        self._pool: ThreadPoolExecutor | None = None  # started by the first result with files to write
+        self._pending: deque[tuple[Future, dict, str, int]] = deque()  # (write, row, path, bytes), oldest first
+        self._pending_bytes = 0
+        self._csv_lock = threading.Lock()
         os.makedirs(self.output_dir, exist_ok=True)
         self._file = open(self.scores_csv, "w", newline="", encoding="utf-8", errors=CSV_ERRORS)
         self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
@@ -221,44 +248,98 @@ class ScoreWriter:
         return name
 
     def add(self, result: ScoreResult) -> dict | None:
-        """Write one result: its ``scores.csv`` row (returned) and files, or its ``errors.csv`` line (None)."""
-        if result.error:
+        """Queue one result: its files and ``scores.csv`` row (the row is returned at once, with the paths its files
+        will have), or record its ``errors.csv`` line (None)."""
+        if self._file.closed:
+            raise ValueError(f"{self.scores_csv}: the ScoreWriter is closed")
+        if result.error:  # (rare) after the queued writes' own failures: errors.csv stays in input order
+            self._collect(wait=True)
             self.errors.add(result.path, result.error)
             return None
+        self._collect()  # failures of earlier writes go into errors here, on the caller's thread
         row = {**{k: v for k, v in result.item.items() if k != "image"}, "path": result.path, "score": result.score,
                "is_anomaly": result.is_anomaly, "kind": result.kind, "heatmap": "", "anomaly_map": ""}
-        try:
-            if self.maps != "none" or self.overlays:
-                name = self._name(result.path)
-                nifti = result.source is not None and (result.kind == "volume" or result.source.format == "nifti")
-                if result.anomaly_map is not None and (self.maps == "all" or (self.maps == "nifti" and nifti)):
-                    header = result.source.meta.get("header") if result.source is not None else None
-                    row["anomaly_map"] = save_map(result.anomaly_map, os.path.join(self.output_dir, "maps", f"{name}_anomaly_map.nii.gz"),
-                                                  result.affine, header)
-                if self.overlays:
-                    row["heatmap"] = _overlay(result, os.path.join(self.output_dir, "heatmaps", f"{name}.png"), self.threshold,
-                                              self.overlay_range)
-        except Exception as e:  # noqa: BLE001 - e.g. a full disk: the file's outputs failed, the job goes on
-            self.errors.add(result.path, f"{result.path}: could not write its outputs ({type(e).__name__}: {e})")
-            return None
-        self.add_row(row)
+        if self.maps != "none" or self.overlays:
+            name = self._name(result.path)
+            nifti = result.source is not None and (result.kind == "volume" or result.source.format == "nifti")
+            if result.anomaly_map is not None and (self.maps == "all" or (self.maps == "nifti" and nifti)):
+                row["anomaly_map"] = os.path.join(self.output_dir, "maps", f"{name}_anomaly_map.nii.gz")
+            if self.overlays:
+                row["heatmap"] = os.path.join(self.output_dir, "heatmaps", f"{name}.png")
+        if not (row["anomaly_map"] or row["heatmap"]) and not self._pending:
+            self.add_row(row)  # only a row, nothing queued before it: on disk at once
+            return row
+        size = sum(a.nbytes for a in (result.anomaly_map, result.model_map,
+                                      result.source.array if result.source is not None else None)
+                   if isinstance(a, np.ndarray))
+        while self._pending and (len(self._pending) >= self.max_pending
+                                 or self._pending_bytes + size > self.max_pending_bytes):
+            self._finish(self._pending.popleft())  # bounded memory: wait for the oldest
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrd-writer")
+        kept = dict(row)  # what gets written: the caller may change the returned row meanwhile
+        self.rows.append(kept)
+        self._pending.append((self._pool.submit(self._write, result, kept), kept, result.path, size))
+        self._pending_bytes += size
         return row
 
+    def _write(self, result: ScoreResult, row: dict) -> None:
+        """On the writer thread: a result's map and overlay, then its ``scores.csv`` row."""
+        if row["anomaly_map"]:
+            header = result.source.meta.get("header") if result.source is not None else None
+            save_map(result.anomaly_map, row["anomaly_map"], result.affine, header)
+        if row["heatmap"]:
+            _overlay(result, row["heatmap"], self.threshold, self.overlay_range)
+        self._write_row(row)
+
+    def _finish(self, entry: tuple[Future, dict, str, int]) -> None:
+        """Account for one finished (or waited-for) background write; a failure drops its row and becomes an error."""
+        future, row, path, size = entry
+        self._pending_bytes -= size
+        try:
+            future.result()
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: the file's outputs failed, the job goes on
+            for i in range(len(self.rows) - 1, -1, -1):
+                if self.rows[i] is row:
+                    del self.rows[i]
+                    break
+            msg = f"{path}: could not write its outputs ({type(e).__name__}: {e})"
+            logged = self.errors.reported == len(self.errors)  # all earlier errors were logged: keep that true
+            self.errors.add(path, msg)
+            logger.error(msg)  # it happened after add() returned the row: the caller could not log it
+            if logged:
+                self.errors.reported = len(self.errors)
+
+    def _collect(self, wait: bool = False) -> None:
+        """Account for the finished background writes, oldest first (all of them, waiting, with ``wait``)."""
+        while self._pending and (wait or self._pending[0][0].done()):
+            self._finish(self._pending.popleft())
+
+    def _write_row(self, row: Mapping) -> None:
+        with self._csv_lock:
+            self._csv.writerow({k: _cell(row.get(k)) for k in self.columns})
+            self._file.flush()
+
     def add_row(self, row: Mapping) -> None:
-        """Append a row (a dict with the ``columns``) to ``scores.csv`` and flush it."""
-        self._csv.writerow({k: _cell(row.get(k)) for k in self.columns})
-        self._file.flush()
+        """Append a row (a dict with the ``columns``) to ``scores.csv`` and flush it, now (after the queued writes)."""
+        self._collect(wait=True)
+        self._write_row(row)
         self.rows.append(dict(row))
 
     def close(self) -> None:
-        """Close ``scores.csv`` and write ``errors.csv``."""
-        if not self._file.closed:
-            self._file.close()
-        self.errors.write()
+        """Wait for the queued writes, close ``scores.csv`` and write ``errors.csv``."""
+        try:
+            self._collect(wait=True)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            if not self._file.closed:
+                self._file.close()
+            self.errors.write()
 
     def __enter__(self) -> ScoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
