@@ -302,7 +302,7 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     from safetensors.torch import save_file
 
     from monai_scrd.checkpoint import load_state_dict_checked
-    from monai_scrd.scoring.backends import cache_graph, installed_backends
+    from monai_scrd.scoring.backends import cache_graph, exporter_installed
 
     out_dir = os.fspath(out_dir)
     checkpoint = os.fspath(checkpoint)
@@ -313,7 +313,7 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(out_dir, WEIGHTS_FILE))
     spec.save(os.path.join(out_dir, SPEC_FILE))
-    if graph and len(installed_backends()) > 1:
+    if graph and exporter_installed():
         scorer = Scorer(net.eval(), **spec.preprocessing)
         cache_graph(net, scorer.input_shape, os.path.join(out_dir, GRAPH_FOLDER))
     return out_dir

@@ -28,7 +28,7 @@ import torch
 from monai_scrd.data.errors import ConfigError
 
 __all__ = ["BACKENDS", "CPU_PREFERENCE", "TOLERANCE", "CompiledNetwork", "cache_graph", "compile_network", "export_onnx",
-           "graph_digest", "installed_backends", "relative_difference", "resolve_backend"]
+           "exporter_installed", "graph_digest", "installed_backends", "relative_difference", "resolve_backend"]
 
 logger = logging.getLogger("monai_scrd.scoring")
 
@@ -48,9 +48,14 @@ def _has(module: str) -> bool:
 
 
 def installed_backends() -> list[str]:
-    """``"torch"`` and the compiled backends whose runtime and the ONNX exporter's packages are installed."""
-    exporter = all(_has(m) for m in _EXPORT_PACKAGES)
-    return ["torch"] + [b for b in CPU_PREFERENCE if exporter and _has(_PACKAGES[b])]
+    """``"torch"`` and the compiled backends whose runtime is installed (a model that carries its graph needs no
+    exporter; one that does not is exported with torch's, see :func:`exporter_installed`)."""
+    return ["torch"] + [b for b in CPU_PREFERENCE if _has(_PACKAGES[b])]
+
+
+def exporter_installed() -> bool:
+    """Whether torch's ONNX exporter has its packages (``onnx``, ``onnxscript``)."""
+    return all(_has(m) for m in _EXPORT_PACKAGES)
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -69,9 +74,8 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
             return "torch"
         return next((b for b in CPU_PREFERENCE if b in have), "torch")
     if backend not in have:
-        missing = [m for m in (_PACKAGES[backend], *_EXPORT_PACKAGES) if not _has(m)]
-        raise ConfigError(f"backend {backend!r}: needs the Python package(s) {', '.join(missing)} "
-                          f"(pip install {' '.join(missing)})")
+        raise ConfigError(f"backend {backend!r}: needs the Python package {_PACKAGES[backend]} "
+                          f"(pip install {_PACKAGES[backend]})")
     if backend == "openvino" and device.type != "cpu":
         raise ConfigError(f"backend 'openvino' runs on the CPU, not on device {str(device)!r}; use backend 'torch' there")
     return backend
