@@ -93,6 +93,35 @@ def trained(tmp_path_factory):
             "bundle_before": bundle_before, "bundle_after": _files_with_mtimes(BUNDLE)}
 
 
+def _synthetic_validation_of(models: str, datalist: str, calibrated: bool) -> dict:
+    """The synthetic validation (:func:`~monai_scrd.engines.synthetic_validation_metrics`, the bundle's foreign-patch
+    set and seed 0) of ``models/model.pt``, recomputed here on the datalist's validation images, preprocessed as
+    ``threshold.json`` records; ``calibrated=False`` resets the calibration fitted at the end of training, giving the
+    maps that training's evaluations scored."""
+    from monai_scrd.engines import synthetic_validation_metrics
+    from monai_scrd.networks import SCRD
+    from monai_scrd.scoring import Preprocessor
+    from monai_scrd.transforms.validation_anomaly import SCORING_FAMILIES, SCORING_SIZES
+
+    with open(os.path.join(models, "threshold.json")) as f:
+        thr = json.load(f)
+    with open(TRAIN) as f:
+        config = json.load(f)
+    net = SCRD(thr["backbone"], pretrained=False, scale_weighting=thr["scale_weighting"],
+               **{k: config[k] for k in ("contrastive", "scale_adaptive", "alpha_floor", "alpha_temperature")})
+    net.load_state_dict(torch.load(os.path.join(models, "model.pt"), map_location="cpu", weights_only=True)["model"])
+    if not calibrated:
+        net.anomaly_map.scale_mean.zero_()
+        net.anomaly_map.scale_std.fill_(1.0)
+    with open(datalist) as f:
+        items = json.load(f)["validation"]
+    prepare = Preprocessor(**thr["preprocessing"])
+    normals = torch.cat([prepare({"image": os.path.join(os.path.dirname(datalist), i["image"])}).images for i in items])
+    return synthetic_validation_metrics(net, normals, seed=0, batch_size=4, reduction=thr["score_reduction"],
+                                        anomalies_per_normal=config["synthetic_anomalies_per_normal"],
+                                        families=SCORING_FAMILIES, sizes=SCORING_SIZES)
+
+
 def _files_with_mtimes(folder: str) -> dict[str, float]:
     """Every file under ``folder`` (bytecode left out) with its modification time."""
     return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
@@ -112,7 +141,13 @@ def test_training_leaves_model_and_threshold(trained):
     assert thr["last"]["iteration"] == 4 and thr["best_synthetic"]["iteration"] in (2, 4)
     best, last = thr["best_synthetic"], thr["last"]
     use_best = thr["model_selection"] == "best_synthetic" and best["val_auroc_synthetic"] > last["val_auroc_synthetic"]
-    assert thr["selected"] == (best if use_best else last) and 0.0 <= last["val_pixel_auroc_synthetic"] <= 1.0
+    assert thr["selected"] == (best if use_best else last)
+    # the recorded AUROCs are those of the shipped weights: recomputed from model.pt on the same set, without the
+    # calibration fitted after the selection
+    again = _synthetic_validation_of(models, trained["datalist"], calibrated=False)
+    assert again["fingerprint"] == thr["synthetic_validation"]["fingerprint"]
+    assert (again["image_auroc"], again["pixel_auroc"]) == pytest.approx(
+        (thr["selected"]["val_auroc_synthetic"], thr["selected"]["val_pixel_auroc_synthetic"]))
     assert thr["synthetic_validation"]["n_normal"] == 2 and thr["synthetic_validation"]["n_anomalous"] == 6
     assert "synthetic validation at iteration 2" in trained["log"]
     # the default scores with per-scale calibration fitted on the validation normals, saved with the weights
@@ -218,7 +253,10 @@ def test_evaluation_reports_synthetic_pixel_auroc_to_mlflow(trained, tmp_path):
                   "--tracking_uri", f"sqlite:///{db}", *ABS)
     with open(os.path.join(ev, "synthetic_validation.json")) as f:
         synth = json.load(f)
-    assert 0.0 <= synth["pixel_auroc"] <= 1.0 and synth["n_normal"] == 2 and synth["seed"] == 0
+    assert synth["n_normal"] == 2 and synth["seed"] == 0
+    # the AUROCs are those of the evaluated model.pt, calibration included: recomputed here from the file
+    again = _synthetic_validation_of(os.path.join(trained["out"], "models"), trained["datalist"], calibrated=True)
+    assert (synth["image_auroc"], synth["pixel_auroc"]) == pytest.approx((again["image_auroc"], again["pixel_auroc"]))
     assert synth["iteration"] is None  # not the evaluator's batch count
     assert "synthetic validation of the evaluated weights" in proc.stdout + proc.stderr
     with open(os.path.join(trained["out"], "models", "threshold.json")) as f:

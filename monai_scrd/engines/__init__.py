@@ -11,17 +11,11 @@ from monai_scrd._lazy import lazy_exports
 
 _EXPORTS = {
     "evaluation": ["SCRDEvalStep"],
-    "handlers": [
-        "IterationLimit",
-        "MLflowRunExtras",
-        "ProgressLog",
-        "ScoreCollector",
-        "TrainerCheckpointLoader",
-        "TrainerCheckpointSaver",
-        "TrainingFinalizer",
-        "ValidationLog",
-        "find_mlflow_run",
-    ],
+    "checkpoints": ["TrainerCheckpointLoader", "TrainerCheckpointSaver"],
+    "collector": ["ScoreCollector"],
+    "finalizer": ["TrainingFinalizer"],
+    "progress": ["IterationLimit", "ProgressLog", "ValidationLog"],
+    "tracking": ["MLflowRunExtras", "find_mlflow_run"],
     "inference": ["AnomalyInference"],
     "selection": ["SyntheticValidation", "synthetic_validation_metrics"],
     "settings": ["check_settings", "check_environment", "check_resume", "prepare_output_dir", "run_outputs"],

@@ -782,7 +782,7 @@ class RegisterModelHandler:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        from monai_scrd.engines.handlers import find_mlflow_run
+        from monai_scrd.engines.tracking import find_mlflow_run
         from monai_scrd.engines.utils import is_rank0
 
         if not (self.enabled and self.name) or not is_rank0():

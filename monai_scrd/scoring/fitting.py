@@ -1,7 +1,8 @@
 """What a score means, fitted once on the user's held-out normals at the end of training: the per-scale calibration
 of the statistic that is scored, the scales and image reduction (``auto``), and the decision threshold for images and
-for volumes. :class:`~monai_scrd.engines.TrainingFinalizer` calls :func:`fit_scoring`; every scorer then applies what
-it recorded (the network's buffers and ``threshold.json``).
+for volumes. :class:`~monai_scrd.engines.TrainingFinalizer` calls :func:`fit_network_scoring` (or, keeping the paper's
+scoring, :func:`threshold_record`); every scorer then applies what it recorded (the network's buffers and
+``threshold.json``).
 
 * **Calibration of the scored statistic.** For an image reduction ``r`` (mean, top P%), scale ``k``'s map is
   standardised with the mean and std over normals of ``r`` applied to that scale's own map, so the per-scale terms of
@@ -39,11 +40,13 @@ __all__ = [
     "calibration",
     "candidate_weightings",
     "combined_scores",
+    "fit_network_scoring",
     "fit_scoring",
     "fit_threshold",
     "apply_fit",
     "network_scale_maps",
     "scale_statistics",
+    "threshold_record",
     "volume_threshold",
 ]
 
@@ -62,6 +65,22 @@ def fit_threshold(scores: Sequence[float], percentile: float = 95.0) -> float:
     if not 0.0 < float(percentile) < 100.0:
         raise ValueError(f"threshold percentile {percentile} is not between 0 and 100")
     return float(np.percentile(arr, percentile, method="weibull"))
+
+
+def threshold_record(scores: Sequence[float], percentile: float, score_reduction: str) -> dict:
+    """The entries of ``threshold.json`` for a scoring that is kept as it is (no calibration fitted): the threshold of
+    :func:`fit_threshold` on the validation normals' ``scores`` under the image reduction ``score_reduction``."""
+    scores = np.asarray(scores, dtype=float)
+    if not scores.size:
+        raise ValueError("no validation image could be scored; no threshold fitted")
+    return {
+        "threshold": fit_threshold(scores, percentile),
+        "method": f"{percentile:g}th percentile ((n + 1) p order statistic) of the anomaly scores of the validation "
+                  "(normal) images",
+        "percentile": percentile,
+        "score_reduction": score_reduction,
+        "validation_scores": [round(float(s), 6) for s in scores],
+    }
 
 
 def volume_threshold(scores: Sequence[float], percentile: float, n_slices: int) -> float:
@@ -292,6 +311,43 @@ def network_scale_maps(network: torch.nn.Module, images: torch.Tensor, batch_siz
         gen.scale_std.copy_(saved[1])
         network.train(saved[2])
     return torch.cat(maps), torch.cat(alphas)
+
+
+def fit_network_scoring(
+    network: torch.nn.Module,
+    normals: torch.Tensor,
+    score_reduction: str = "auto",
+    percentile: float = 95.0,
+    seed: int = 0,
+    max_anomalies: int = 600,
+    batch_size: int = 16,
+) -> ScoringFit:
+    """The end-of-training fit of a trained network's scoring on its held-out normals: synthetic anomalies (foreign
+    patches, :data:`~monai_scrd.transforms.validation_anomaly.SCORING_FAMILIES`, 1 to 3 per normal and at most about
+    ``max_anomalies``) are made from the normals, both are mapped by the uncalibrated network
+    (:func:`network_scale_maps`), :func:`fit_scoring` fits calibration, choice and threshold with the network's
+    ``scale_weighting``, and :func:`apply_fit` puts the result into the network's buffers.
+
+    Args:
+        network: the trained SCRD network (not wrapped in DDP).
+        normals: preprocessed validation images ``[N, C, H, W]``.
+        score_reduction: ``"auto"`` or a fixed image reduction.
+        percentile: of the normals' out-of-fold scores, for the threshold.
+        seed: of the synthetic anomalies and the cross-fitting folds.
+        max_anomalies: synthetic anomalies at most (1 to 3 per normal).
+        batch_size: images per forward pass.
+    """
+    from monai_scrd.transforms.validation_anomaly import SCORING_FAMILIES, SCORING_SIZES, synthetic_validation_set
+
+    per_normal = max(1, min(3, int(max_anomalies) // max(1, len(normals))))
+    synthetic = synthetic_validation_set(normals, seed=seed, anomalies_per_normal=per_normal,
+                                         families=SCORING_FAMILIES, sizes=SCORING_SIZES)
+    normal_maps, normal_alpha = network_scale_maps(network, normals, batch_size)
+    anomaly_maps, anomaly_alpha = network_scale_maps(network, synthetic.anomalies, batch_size)
+    fit = fit_scoring(normal_maps, anomaly_maps, synthetic.sources, network.anomaly_map.scale_weighting,
+                      score_reduction, percentile, normal_alpha, anomaly_alpha, seed=seed)
+    apply_fit(network, fit)
+    return fit
 
 
 def apply_fit(network: torch.nn.Module, fit: ScoringFit) -> None:
