@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 
 from monai_scrd.label import default_label_venv
+from monai_scrd.scoring.backends import resolve_backend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_registry_support import (  # noqa: E402
@@ -91,7 +92,8 @@ def test_monai_label_server(tmp_path):
         assert model_info["threshold"] == pytest.approx(thr) and model_info["image_size"] == 64
         # which model is served: in /info/ and in one line at start
         assert model_info["served"] == {"source": "bundle", "path": bundle,
-                                        "checkpoint": os.path.join(bundle, "models", "model.pt"), "threshold": model_info["threshold"]}
+                                        "checkpoint": os.path.join(bundle, "models", "model.pt"), "threshold": model_info["threshold"],
+                                        "backend": resolve_backend("auto", "cpu")}  # the default: fastest installed on CPU
         assert info["trainers"]["scrd"]["served_after_training"] is False
         lines = [ln for ln in (tmp_path / "server.log").read_text(errors="replace").splitlines() if "SCRD serves" in ln]
         assert len(lines) == 1 and lines[0].endswith(

@@ -125,7 +125,7 @@ def describe_served(served: dict | None) -> str:
 class SCRDInferTask(InferTask):
     """Scores one image (PNG/JPEG/DICOM/NIfTI; 3D volumes slice by slice, like the bundle) with SCRD.
 
-    Result JSON: ``score`` (mean anomaly map value, as the bundle computes it), ``is_anomaly`` (``score >= threshold``),
+    Result JSON: ``score`` (the image score, as the bundle computes it: the model's recorded reduction of the map), ``is_anomaly`` (``score >= threshold``),
     ``label`` (``"anomaly"``/``"normal"``), ``threshold``, ``map_shape``, ``map_max``, ``latencies``.
     Result file: the anomaly heatmap, resized to the image's own size, as NIfTI (float32, the image's affine; default)
     or PNG/NPY (request parameter ``map_format``).
