@@ -74,8 +74,24 @@ def test_speed_smoke(tmp_path):
     res = speed.main(["--smoke", "--out", str(tmp_path / "speed.json")])
     assert res["training"] and res["inference"] and res["noise"]
     assert (tmp_path / "speed.json").exists()
+    default = res["default_cpu_backend"]
+    # the model per backend (PyTorch and the default CPU backend in smoke mode), with the backend that actually ran
+    assert {r["backend"] for r in res["inference"]} == {"torch", default}
+    assert all(r["backend_used"] == r["backend_resolved"] for r in res["inference"])
+    if default != "torch":
+        assert next(r for r in res["inference"] if r["backend"] == default)["speedup_vs_torch"] > 0
+    assert {(r["entry"], r["backend"]) for r in res["entry_points"]} == {("evaluation", default), ("pyfunc", default)}
+    assert all(r.get("backend_used") == default for r in res["entry_points"])
+    st = res["stages"][0]
+    assert set(st["ms_per_image"]) == {"decode", "preprocess", "model", "write"} and st["heatmaps_written"] == st["images"]
+    run = res["pipeline"]["runs"][0]
+    assert run["code"] == "current" and run["scores_rows"] == run["heatmaps_written"] == res["pipeline"]["images"]
+    assert run["peak_rss_mib"] > 0 and run["monai_scrd_file"].startswith(str(Path(speed.__file__).resolve().parents[1]))
+    assert res["large"]["heatmap_exists"] and res["large"]["seconds"] > 0 and res["large"]["peak_rss_mib"] > 0
     md = speed.report_markdown(res, "speed.json")
     assert "images/s" in md
+    for title in ("per backend", "Time per stage", "Bundle inference as a user runs it", "Large image"):
+        assert title in md
 
 
 def test_bundle_brain_table(tmp_path):

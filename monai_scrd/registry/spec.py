@@ -14,6 +14,7 @@ A *model folder* holds two files, neither of which can carry code:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,8 @@ __all__ = [
     "scorer_from_dir",
     "scorer_from_bundle",
 ]
+
+logger = logging.getLogger("monai_scrd.registry")
 
 SPEC_FILE = "scrd_model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -314,8 +317,10 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(out_dir, WEIGHTS_FILE))
     spec.save(os.path.join(out_dir, SPEC_FILE))
     if graph and exporter_installed():
-        scorer = Scorer(net.eval(), **spec.preprocessing)
-        cache_graph(net, scorer.input_shape, os.path.join(out_dir, GRAPH_FOLDER))
+        try:
+            _scorer(spec, net.eval(), "cpu", 1, "torch").export_graph(os.path.join(out_dir, GRAPH_FOLDER))
+        except Exception as e:  # noqa: BLE001 - the graph only speeds scoring up: a compiled backend can export it later
+            logger.warning(f"{checkpoint}: no ONNX graph carried with the model ({type(e).__name__}: {e})")
     return out_dir
 
 
@@ -342,17 +347,13 @@ def build_scorer(spec: ModelSpec, checkpoint: str | os.PathLike, device: str | t
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = spec.build_network()
     load_state_dict_checked(net, load_weights(checkpoint), checkpoint)
-    return Scorer(
-        net.to(device).eval(),
-        **spec.preprocessing,
-        score_reduction=spec.score_reduction,
-        volume_reduction=spec.volume_reduction,
-        threshold=spec.threshold,
-        batch_size=batch_size,
-        device=device,
-        backend=backend or os.environ.get("SCRD_BACKEND") or "auto",
-        graph_cache=graph_cache or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), GRAPH_FOLDER),
-    )
+    return _scorer(spec, net.to(device).eval(), device, batch_size, backend or os.environ.get("SCRD_BACKEND") or "auto",
+                   graph_cache or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), GRAPH_FOLDER))
+
+
+def _scorer(spec: ModelSpec, net: torch.nn.Module, device, batch_size: int, backend: str, graph_cache=None) -> Scorer:
+    return Scorer(net, **spec.preprocessing, score_reduction=spec.score_reduction, volume_reduction=spec.volume_reduction,
+                  threshold=spec.threshold, batch_size=batch_size, device=device, backend=backend, graph_cache=graph_cache)
 
 
 def scorer_from_dir(model_dir: str | os.PathLike, **kwargs) -> tuple[ModelSpec, Scorer]:

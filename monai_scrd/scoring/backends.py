@@ -2,11 +2,12 @@
 or OpenVINO (about twice PyTorch's speed on CPU cores: ``benchmarks/results/speed/SPEED.md``).
 
 The exported graph is the eval-mode network itself, the anomaly map with its per-scale calibration and weighting
-(buffers of :class:`~monai_scrd.scoring.AnomalyMapGenerator`); the scorer reduces its map to the image score with the
-same :func:`~monai_scrd.scoring.image_score` as for PyTorch. A graph is made once per set of weights and input shape
-and cached as ``<graph_cache>/scrd-<digest>.onnx`` (the registered MLflow model carries it the same way); before it
-is used, its map of a fixed probe batch must equal PyTorch's to :data:`TOLERANCE` (relative), else the scorer warns and
-stays with PyTorch.
+(buffers of :class:`~monai_scrd.scoring.AnomalyMapGenerator`), followed by the image reduction
+(:func:`~monai_scrd.scoring.image_score`): it returns the maps and the scores, so no PyTorch operation runs between two
+batches (PyTorch's and the runtime's thread pools would compete for the cores). A graph is made once per set of
+weights, input shape and image reduction and cached as ``<graph_cache>/scrd-<digest>.onnx`` (the registered MLflow
+model carries it the same way); before it is used, its maps and scores of a fixed probe batch must equal PyTorch's to
+:data:`TOLERANCE` (relative), else the scorer warns and stays with PyTorch.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from monai_scrd.data.errors import ConfigError
+from monai_scrd.scoring.anomaly_map import image_score
 
-__all__ = ["BACKENDS", "CPU_PREFERENCE", "TOLERANCE", "CompiledNetwork", "cache_graph", "compile_network", "export_onnx",
+__all__ = ["BACKENDS", "CPU_PREFERENCE", "TOLERANCE", "CompiledNetwork", "MapAndScore", "cache_graph", "compile_network", "export_onnx",
            "exporter_installed", "graph_digest", "installed_backends", "relative_difference", "resolve_backend"]
 
 logger = logging.getLogger("monai_scrd.scoring")
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-#: CPU backends, fastest first, as measured on the same cores and files (``benchmarks/speed.py``, section ``backends``)
+#: CPU backends, fastest first, as measured on the same cores (``benchmarks/speed.py``, section ``inference``)
 CPU_PREFERENCE = ("onnxruntime", "openvino")
 #: largest allowed ``max |map - map_torch| / max |map_torch|`` of a compiled graph on the probe batch
 TOLERANCE = 1e-4
@@ -81,10 +84,25 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def graph_digest(network: torch.nn.Module, input_shape: Sequence[int]) -> str:
+class MapAndScore(nn.Module):
+    """The exported computation: the eval-mode network's anomaly maps ``[B, 1, H, W]`` and their image scores ``[B]``
+    (:func:`~monai_scrd.scoring.image_score` with ``score_reduction``)."""
+
+    def __init__(self, network: nn.Module, score_reduction: str) -> None:
+        super().__init__()
+        self.network = network
+        self.score_reduction = score_reduction
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.network(images).float()
+        return maps, image_score(maps, self.score_reduction)
+
+
+def graph_digest(network: torch.nn.Module, input_shape: Sequence[int], score_reduction: str) -> str:
     """Hex digest of what an exported graph computes: the network's class, every parameter and buffer (the
-    calibration and the smoothing kernel included), its scale weighting and the input shape ``(C, H, W)``."""
-    h = hashlib.sha256(f"{GRAPH_FORMAT}|{type(network).__name__}|{list(input_shape)}".encode())
+    calibration and the smoothing kernel included), its scale weighting, the input shape ``(C, H, W)`` and the image
+    reduction."""
+    h = hashlib.sha256(f"{GRAPH_FORMAT}|{type(network).__name__}|{list(input_shape)}|{score_reduction}".encode())
     h.update(str(getattr(getattr(network, "anomaly_map", None), "scale_weighting", "")).encode())
     for name, t in [*network.named_parameters(), *network.named_buffers()]:
         h.update(f"|{name}|{t.dtype}|{list(t.shape)}|".encode())
@@ -92,11 +110,12 @@ def graph_digest(network: torch.nn.Module, input_shape: Sequence[int]) -> str:
     return h.hexdigest()[:24]
 
 
-def export_onnx(network: torch.nn.Module, input_shape: Sequence[int], path: str | os.PathLike) -> str:
-    """Export the eval-mode ``network`` (``[B, C, H, W]`` images -> ``[B, 1, H, W]`` anomaly maps) to ONNX at the
-    fixed ``input_shape`` ``(C, H, W)`` with a dynamic batch size (input ``image``, output ``anomaly_map``), written
-    atomically to ``path``. torch's exporter (``torch.export`` + onnxscript) gives a graph ONNX Runtime runs faster
-    than the TorchScript-based one's."""
+def export_onnx(network: torch.nn.Module, input_shape: Sequence[int], path: str | os.PathLike,
+                score_reduction: str = "mean") -> str:
+    """Export the eval-mode ``network`` with its image reduction (:class:`MapAndScore`: ``[B, C, H, W]`` images ->
+    ``[B, 1, H, W]`` anomaly maps and ``[B]`` scores) to ONNX at the fixed ``input_shape`` ``(C, H, W)`` with a dynamic
+    batch size (input ``image``, outputs ``anomaly_map`` and ``score``), written atomically to ``path``. torch's
+    exporter (``torch.export`` + onnxscript) gives a graph ONNX Runtime runs faster than the TorchScript-based one's."""
     path = os.fspath(path)
     was_training = network.training
     network.eval()
@@ -105,8 +124,8 @@ def export_onnx(network: torch.nn.Module, input_shape: Sequence[int], path: str 
         with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_logs():
             warnings.simplefilter("ignore")
             with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress: kept out of the user's log
-                program = torch.onnx.export(network, (example.to(_device(network)),),
-                                            input_names=["image"], output_names=["anomaly_map"], dynamo=True,
+                program = torch.onnx.export(MapAndScore(network, score_reduction), (example.to(_device(network)),),
+                                            input_names=["image"], output_names=["anomaly_map", "score"], dynamo=True,
                                             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
                                             verbose=False)
     finally:
@@ -147,8 +166,8 @@ def _device(network: torch.nn.Module) -> torch.device:
 
 
 class CompiledNetwork:
-    """An exported anomaly-map graph run by ONNX Runtime or OpenVINO: called with images ``[N, C, H, W]`` (float32),
-    returns their maps ``[N, 1, H, W]`` (float32, CPU).
+    """An exported graph (:func:`export_onnx`) run by ONNX Runtime or OpenVINO: called with images ``[N, C, H, W]``
+    (float32), returns their maps ``[N, 1, H, W]`` and scores ``[N]`` (float32, CPU).
 
     Args:
         path: the ONNX file (see :func:`export_onnx`).
@@ -183,15 +202,15 @@ class CompiledNetwork:
         else:
             raise ValueError(f"{backend!r} is not a compiled backend (onnxruntime, openvino)")
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         if self.backend == "onnxruntime":
-            out = self._session.run(["anomaly_map"], {"image": x})[0]
+            maps, scores = self._session.run(["anomaly_map", "score"], {"image": x})
         else:
             with self._lock:
                 self._request.infer({0: x})
-                out = self._request.get_output_tensor(0).data.copy()
-        return torch.from_numpy(out)
+                maps, scores = (self._request.get_output_tensor(i).data.copy() for i in range(2))
+        return torch.from_numpy(maps), torch.from_numpy(scores)
 
 
 def relative_difference(maps: torch.Tensor, reference: torch.Tensor) -> float:
@@ -200,11 +219,12 @@ def relative_difference(maps: torch.Tensor, reference: torch.Tensor) -> float:
     return float((maps.float() - reference.float()).abs().max()) / scale
 
 
-def cache_graph(network: torch.nn.Module, input_shape: Sequence[int], graph_cache: str | os.PathLike | None = None) -> str:
-    """The ONNX graph of ``network``'s current weights at ``input_shape`` ``(C, H, W)``: ``<graph_cache>/scrd-<digest>.onnx``
-    when it is there, else exported into ``graph_cache`` (a new temporary folder when that one cannot be written).
-    Returns its path."""
-    name = f"scrd-{graph_digest(network, input_shape)}.onnx"
+def cache_graph(network: torch.nn.Module, input_shape: Sequence[int], graph_cache: str | os.PathLike | None = None,
+                score_reduction: str = "mean") -> str:
+    """The ONNX graph of ``network``'s current weights at ``input_shape`` ``(C, H, W)`` with ``score_reduction``:
+    ``<graph_cache>/scrd-<digest>.onnx`` when it is there, else exported into ``graph_cache`` (a new temporary folder
+    when that one cannot be written). Returns its path."""
+    name = f"scrd-{graph_digest(network, input_shape, score_reduction)}.onnx"
     if graph_cache:
         path = os.path.join(os.fspath(graph_cache), name)
         if os.path.isfile(path):
@@ -220,14 +240,15 @@ def cache_graph(network: torch.nn.Module, input_shape: Sequence[int], graph_cach
     if path is None:
         path = os.path.join(tempfile.mkdtemp(prefix="scrd_graph_"), name)
     logger.info(f"exporting the model to ONNX (once for these weights): {path}")
-    return export_onnx(network, input_shape, path)
+    return export_onnx(network, input_shape, path, score_reduction)
 
 
 def compile_network(network: torch.nn.Module, backend: str, input_shape: Sequence[int], graph_cache: str | None = None,
-                    device: torch.device | str = "cpu", precision: str = "f32") -> CompiledNetwork | None:
+                    device: torch.device | str = "cpu", precision: str = "f32",
+                    score_reduction: str = "mean") -> CompiledNetwork | None:
     """The network compiled for ``backend`` (``"onnxruntime"``/``"openvino"``) from its graph (:func:`cache_graph`).
-    None, with a warning, when that fails or when, at ``precision="f32"``, its maps of a fixed probe batch differ from
-    PyTorch's by more than :data:`TOLERANCE`: the scorer then stays with PyTorch.
+    None, with a warning, when that fails or when, at ``precision="f32"``, its maps or scores of a fixed probe batch
+    differ from PyTorch's by more than :data:`TOLERANCE`: the scorer then stays with PyTorch.
 
     Args:
         network: the SCRD whose weights are loaded.
@@ -235,18 +256,20 @@ def compile_network(network: torch.nn.Module, backend: str, input_shape: Sequenc
         input_shape: ``(C, H, W)`` of the preprocessed images.
         graph_cache: folder of cached graphs (the bundle's ``models/compiled``; a registered model's artifacts).
         device, precision: see :class:`CompiledNetwork`.
+        score_reduction: the image reduction (:func:`~monai_scrd.scoring.image_score`).
     """
     try:
-        compiled = CompiledNetwork(cache_graph(network, input_shape, graph_cache), backend, device, precision)
+        compiled = CompiledNetwork(cache_graph(network, input_shape, graph_cache, score_reduction), backend, device, precision)
         x = torch.rand(2, *[int(s) for s in input_shape], generator=torch.Generator().manual_seed(1))
         was_training = network.training
         network.eval()
         try:
             with torch.no_grad():
-                reference = network(x.to(_device(network))).float().cpu()
+                ref_maps, ref_scores = (t.cpu() for t in MapAndScore(network, score_reduction)(x.to(_device(network))))
         finally:
             network.train(was_training)
-        compiled.difference = relative_difference(compiled(x), reference)
+        maps, scores = compiled(x)
+        compiled.difference = max(relative_difference(maps, ref_maps), relative_difference(scores, ref_scores))
     except Exception as e:  # noqa: BLE001 - any failure of the exporter or the runtime: PyTorch still scores
         first = str(e).splitlines()[0] if str(e) else ""
         logger.warning(f"backend {backend!r} unavailable for this model ({type(e).__name__}: {first}); scoring with PyTorch")

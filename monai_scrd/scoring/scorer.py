@@ -47,7 +47,7 @@ from monai_scrd.scoring.anomaly_map import (
     image_score,
     top_fraction,
 )
-from monai_scrd.scoring.backends import CompiledNetwork, compile_network, resolve_backend
+from monai_scrd.scoring.backends import CompiledNetwork, cache_graph, compile_network, resolve_backend
 from monai_scrd.scoring.dataset import Prepared, Preprocessor, ScoringDataset, collate_prepared
 from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
 from monai_scrd.scoring.io import json_safe
@@ -325,10 +325,15 @@ class Scorer:
         or None for PyTorch (also after a compiled backend fell back to it)."""
         if self.backend != "torch" and self._compiled is None:
             self._compiled = compile_network(self.core, self.backend, self.input_shape, self.graph_cache, self.device,
-                                             self.precision)
+                                             self.precision, self.score_reduction)
             if self._compiled is None:
                 self.backend = "torch"
         return self._compiled
+
+    def export_graph(self, graph_cache: str | os.PathLike) -> str:
+        """Export the network with this scorer's input shape and image reduction into ``graph_cache`` (as the
+        compiled backends look for it, :func:`~monai_scrd.scoring.backends.cache_graph`); returns the file."""
+        return cache_graph(self.core, self.input_shape, graph_cache, self.score_reduction)
 
     def threshold_for(self, n_slices: int = 1) -> float | None:
         """The threshold of an image (``n_slices`` 1) or of a volume's maximum over ``n_slices`` slice scores."""
@@ -361,12 +366,13 @@ class Scorer:
         use_amp = self.amp and device.type == "cuda"
         split = use_amp and hasattr(net, "features") and hasattr(net, "anomaly_map")
         was_training = net.training
-        net.eval()
+        if was_training:  # (eval() walks every module: not on each call of an eval-mode network)
+            net.eval()
         maps, scores = [], []
         try:
             for chunk in images.split(self.batch_size):
-                if compiled is not None:
-                    amap = compiled(chunk)
+                if compiled is not None:  # maps and scores from the graph (see monai_scrd.scoring.backends)
+                    amap, score = compiled(chunk)
                 else:
                     x = chunk.to(device, non_blocking=True)
                     if self.channels_last:
@@ -377,12 +383,14 @@ class Scorer:
                         amap = net.anomaly_map([t.float() for t in u], [t.float() for t in v], alpha.float(), tuple(x.shape[-2:]))
                     else:
                         amap = net(x)
-                amap = amap.float()
-                scores.append(image_score(amap, self.score_reduction).cpu())
+                    amap = amap.float()
+                    score = image_score(amap, self.score_reduction)
+                scores.append(score.cpu())
                 if keep_maps:
                     maps.append(amap.cpu())
         finally:
-            net.train(was_training)
+            if was_training:
+                net.train()
         return (torch.cat(maps) if keep_maps and maps else None), (torch.cat(scores) if scores else torch.zeros(0))
 
     def _finish(self, p: Prepared, maps: torch.Tensor | None, scores: torch.Tensor, map_size: str) -> ScoreResult:
