@@ -43,6 +43,19 @@ def session_temp_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def pytorch_backend_unless_a_test_chooses():
+    """Bundle runs, registrations, the pyfunc and MONAI Label score with PyTorch here (``SCRD_BACKEND=torch``, inherited
+    by servers), so that each test does not spend ~10 s exporting its own model to ONNX; the compiled backends are
+    tested where they are chosen explicitly (test_backends, test_consistency, test_registry's REST test), and CI runs
+    the README's main command, before the tests, with the default ``auto``."""
+    saved = os.environ.get("SCRD_BACKEND")
+    os.environ["SCRD_BACKEND"] = saved or "torch"
+    yield
+    if saved is None:
+        os.environ.pop("SCRD_BACKEND", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def nothing_written_into_repository():
     before = _untracked_in_repo()
     yield

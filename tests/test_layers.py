@@ -63,9 +63,10 @@ def test_one_scorer_one_threshold_reader_one_error_collector_one_map_writer():
                 name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
                 if name == "image_score":
                     image_score_callers.add(rel)
-    # the scorer applies the scoring, the fitting module fits it on normals (calibration, choice, threshold): nothing
-    # else reduces maps to scores
-    assert image_score_callers == {os_path("scoring/scorer.py"), os_path("scoring/fitting.py")}, image_score_callers
+    # the scorer applies the scoring (in PyTorch, or exported with the network by the compiled backends), the fitting
+    # module fits it on normals (calibration, choice, threshold): nothing else reduces maps to scores
+    assert image_score_callers == {os_path("scoring/scorer.py"), os_path("scoring/backends.py"),
+                                   os_path("scoring/fitting.py")}, image_score_callers
     for name, module in (("Scorer", "scorer"), ("read_threshold", "scorer"), ("ErrorCollector", "outputs"),
                          ("save_map", "outputs"), ("ScoreWriter", "outputs"), ("write_csv", "io"), ("write_json", "io"),
                          ("Preprocessor", "dataset")):

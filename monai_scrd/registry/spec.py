@@ -301,11 +301,12 @@ def load_weights(path: str | os.PathLike) -> dict:
 def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, spec: ModelSpec, graph: bool = True) -> str:
     """Write a model folder (``model.safetensors`` with only the weights, plus ``scrd_model.json``) after checking
     that the checkpoint loads into the network the spec describes; with ``graph``, also the network exported to ONNX
-    for the compiled backends, ``compiled/scrd-<digest>.onnx`` (when the exporter is installed). Returns the folder."""
+    for the compiled backends, ``compiled/scrd-<digest>.onnx`` (when the exporter is installed and ``$SCRD_BACKEND``
+    does not choose PyTorch). Returns the folder."""
     from safetensors.torch import save_file
 
     from monai_scrd.checkpoint import load_state_dict_checked
-    from monai_scrd.scoring.backends import cache_graph, exporter_installed
+    from monai_scrd.scoring.backends import exporter_installed, resolve_backend
 
     out_dir = os.fspath(out_dir)
     checkpoint = os.fspath(checkpoint)
@@ -316,7 +317,7 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(out_dir, WEIGHTS_FILE))
     spec.save(os.path.join(out_dir, SPEC_FILE))
-    if graph and exporter_installed():
+    if graph and exporter_installed() and resolve_backend(os.environ.get("SCRD_BACKEND") or "auto", "cpu") != "torch":
         try:
             _scorer(spec, net.eval(), "cpu", 1, "torch").export_graph(os.path.join(out_dir, GRAPH_FOLDER))
         except Exception as e:  # noqa: BLE001 - the graph only speeds scoring up: a compiled backend can export it later
