@@ -268,7 +268,7 @@ def test_network_spec_keeps_the_scoring_options(scale_adaptive):
     """A trained module's scale-head and map options survive spec -> plain JSON -> SCRD."""
     from monai_scrd.networks import SCRD
     from monai_scrd.registry import ModelSpec
-    from monai_scrd.registry.api import spec_from_network
+    from monai_scrd.registry.spec_sources import spec_from_network
 
     net = SCRD("efficientnet_lite0", pretrained=False, scale_adaptive=scale_adaptive, sigma=2.0, alpha_temperature=2.0,
                alpha_floor=0.3, scale_weighting="uniform")

@@ -56,7 +56,7 @@ def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Score
     """The SCRD model an app serves, exactly as its ``--conf`` values name it:
 
     * ``model_uri`` (+ optional ``tracking_uri``): a registered MLflow model, e.g. ``models:/scrd@champion``, resolved
-      to its version, checked to be SCRD's model from code (:func:`monai_scrd.registry.api.download_model`) and read
+      to its version, checked to be SCRD's model from code (:func:`monai_scrd.registry.loading.download_model`) and read
       from its JSON spec and safetensors weights (nothing is unpickled or run);
     * else ``bundle`` (see :func:`bundle_folder`) with optional ``checkpoint``, ``threshold`` (number or JSON file),
       ``config_file`` and ``image_size`` (override of the bundle's value);
@@ -70,7 +70,7 @@ def load_scorer(conf: dict, device: str | None = None) -> tuple[ModelSpec, Score
     device = device or conf.get("device") or None
     model_uri = conf.get("model_uri")
     if model_uri:
-        from monai_scrd.registry.api import download_model
+        from monai_scrd.registry.loading import download_model
 
         local, described = download_model(model_uri, conf.get("tracking_uri") or None)
         art = os.path.join(local, "artifacts")

@@ -3,7 +3,7 @@
 The logged model carries the weights (``model.safetensors``), the :class:`~monai_scrd.registry.spec.ModelSpec`
 (network arguments, preprocessing arguments, score reduction, fitted decision threshold, bundle metadata), a
 signature, an input example and, by default, a copy of the ``monai_scrd`` code, so it loads in a fresh process
-anywhere with only the third-party requirements installed. :func:`~monai_scrd.registry.api.load_model`
+anywhere with only the third-party requirements installed. :func:`~monai_scrd.registry.loading.load_model`
 (``load_model("models:/scrd@champion")``) loads it as a pyfunc after checking that it is SCRD's "model from code",
 with MLflow's pickle loading off, so that loading never unpickles.
 
@@ -24,20 +24,12 @@ from __future__ import annotations
 from monai_scrd._lazy import lazy_exports
 
 _EXPORTS = {
-    "api": [
-        "log_scrd_model",
-        "register_model",
-        "register_run",
-        "register_trained_model",
-        "set_alias",
-        "spec_from_run",
-        "resolve_tracking_uri",
-        "RegisterModelHandler",
-        "RegistryError",
-        "load_model",
-        "download_model",
-        "check_code_model",
-    ],
+    "errors": ["RegistryError"],
+    "tracking": ["resolve_tracking_uri"],
+    "loading": ["load_model", "download_model", "check_code_model"],
+    "spec_sources": ["spec_from_run"],
+    "logged_model": ["log_scrd_model"],
+    "registering": ["register_model", "register_run", "register_trained_model", "set_alias", "RegisterModelHandler"],
     "spec": ["ModelSpec", "spec_from_bundle", "write_model_dir", "build_scorer", "scorer_from_dir", "scorer_from_bundle"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -91,20 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from monai_scrd.registry.api import quiet_progress
+    from monai_scrd.registry.tracking import quiet_progress
 
     with quiet_progress(not getattr(args, "progress", False)):
         return _command(args)
 
 
 def _command(args) -> int:
-    from monai_scrd.registry.api import (
-        RegistryError,
-        register_model,
-        register_run,
-        resolve_tracking_uri,
-        set_alias,
-    )
+    from monai_scrd.registry.errors import RegistryError
+    from monai_scrd.registry.registering import register_model, register_run, set_alias
+    from monai_scrd.registry.tracking import resolve_tracking_uri
 
     try:
         if args.command == "register":
@@ -137,7 +133,7 @@ def _command(args) -> int:
         elif args.command == "predict":
             import pandas as pd
 
-            from monai_scrd.registry.api import load_model
+            from monai_scrd.registry.loading import load_model
 
             # the map folder named on this command line is allowed for outputs (a REST client's map_dir is not)
             model = load_model(args.model_uri, args.tracking_uri, output_roots=[args.map_dir] if args.map_dir else None)
