@@ -1266,21 +1266,11 @@ def _run_sections(args, res: dict, device) -> None:
                     print(f"  train {backbone} {size}px {method}: {r['it_per_s']:.3f} it/s, {r['images_per_s']:.2f} images/s, "
                           f"loading {100 * r['load_share']:.1f}% (load {r['loadavg_after']})", flush=True)
         done("training")
-    if "inference" in args.sections:
-        res["inference"] = inference_speed(args)
-        done("inference")
-    if "entry_points" in args.sections:
-        res["entry_points"] = entry_point_speed(args)
-        done("entry_points")
-    if "stages" in args.sections:
-        res["stages"] = stages_speed(args)
-        done("stages")
-    if "pipeline" in args.sections:
-        res["pipeline"] = pipeline_speed(args)
-        done("pipeline")
-    if "large" in args.sections:
-        res["large"] = large_speed(args)
-        done("large")
+    for section, run in (("inference", inference_speed), ("entry_points", entry_point_speed), ("stages", stages_speed),
+                         ("pipeline", pipeline_speed), ("large", large_speed)):
+        if section in args.sections:
+            res[section] = run(args)
+            done(section)
     if "engine" in args.sections:
         res["engine"] = engine_overhead(args, device)
         print(f"  engine/plain = {res['engine']['engine_over_plain']:.3f}", flush=True)
