@@ -253,3 +253,18 @@ def test_writer_without_files_writes_rows_at_once(tmp_path):
     writer.add(_image_result(str(tmp_path / "a.png"), _maps()[0], 0.1))
     assert len((tmp_path / "out" / "scores.csv").read_text().strip().splitlines()) == 2  # header + the row
     writer.close()
+
+
+def test_writer_does_not_make_the_file_size_map_of_a_png(tmp_path):
+    """A PNG's map at its own size is not written (maps="nifti"), so it is never made: the overlay uses the model-size
+    map, and a large image is not followed by a map of as many pixels."""
+    path = str(tmp_path / "big.png")
+    src = MedicalImage(np.full((1, 2000, 1500), 0.5, np.float32), np.eye(4), False, "pil", path)
+    res = ScoreResult(path, {"image": path}, score=0.3, kind="image", source=src)
+    res.model_map = np.linspace(0, 2 * T, 64 * 64, dtype=np.float32).reshape(64, 64)
+    res.resample_map_on_read((2000, 1500), (2000, 1500))
+    with ScoreWriter(tmp_path / "out", maps="nifti", overlays=True, threshold=T) as writer:
+        row = writer.add(res)
+    assert row["heatmap"] and os.path.isfile(row["heatmap"]) and row["anomaly_map"] == ""
+    assert res.__dict__.get("_anomaly_map") is None and "_resample_to" in res.__dict__  # never resampled to 2000 x 1500
+    assert res.anomaly_map.shape == (2000, 1500)  # ... though it still can be, when read

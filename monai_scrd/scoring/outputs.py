@@ -81,7 +81,7 @@ def _overlay(result: ScoreResult, path: str, threshold: float | None,
     from monai_scrd.scoring import plots
 
     img = result.source
-    if img is None or result.anomaly_map is None:
+    if img is None or (result.model_map is None and result.anomaly_map is None):
         raise ValueError(f"{result.path}: no map kept for an overlay (score with return_maps=True)")
     where: dict = {}
     if result.kind == "volume":
@@ -262,14 +262,15 @@ class ScoreWriter:
         if self.maps != "none" or self.overlays:
             name = self._name(result.path)
             nifti = result.source is not None and (result.kind == "volume" or result.source.format == "nifti")
-            if result.anomaly_map is not None and (self.maps == "all" or (self.maps == "nifti" and nifti)):
+            # (the map at the file's size is read, and so made, only when it is written)
+            if (self.maps == "all" or (self.maps == "nifti" and nifti)) and result.anomaly_map is not None:
                 row["anomaly_map"] = os.path.join(self.output_dir, "maps", f"{name}_anomaly_map.nii.gz")
             if self.overlays:
                 row["heatmap"] = os.path.join(self.output_dir, "heatmaps", f"{name}.png")
         if not (row["anomaly_map"] or row["heatmap"]) and not self._pending:
             self.add_row(row)  # only a row, nothing queued before it: on disk at once
             return row
-        size = sum(a.nbytes for a in (result.anomaly_map, result.model_map,
+        size = sum(a.nbytes for a in (result.anomaly_map if row["anomaly_map"] else None, result.model_map,
                                       result.source.array if result.source is not None else None)
                    if isinstance(a, np.ndarray))
         while self._pending and (len(self._pending) >= self.max_pending
