@@ -145,6 +145,12 @@ def _backbone(value):
     return _one_of(*BACKBONES)(value)
 
 
+def _backend(value):
+    from monai_scrd.scoring.backends import BACKENDS  # (imports torch: only when a config checks its backend)
+
+    return _one_of(*BACKENDS)(value)
+
+
 def _model_selection(value):
     from monai_scrd.engines.selection import MODEL_SELECTIONS
 
@@ -192,7 +198,7 @@ SETTINGS: dict[str, Callable] = {
     "intensity": _intensity,
     "percentiles": _percentiles,
     "score_reduction": _score_reduction(auto=True),
-    "backend": _one_of("auto", "torch", "onnxruntime", "openvino"),
+    "backend": _backend,
     "model_selection": _model_selection,
     "learning_rate": _number(0, low_open=True),
     "noise_intensity": _number(0),

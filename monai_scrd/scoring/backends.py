@@ -41,7 +41,6 @@ CPU_PREFERENCE = ("onnxruntime", "openvino")
 #: largest allowed ``max |map - map_torch| / max |map_torch|`` of a compiled graph on the probe batch
 TOLERANCE = 1e-4
 PRECISIONS = ("f32", "bf16", "f16")
-_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXPORT_PACKAGES = ("onnx", "onnxscript")  # torch.onnx's exporter needs them
 GRAPH_FORMAT = "2"  # part of the digest: bump when the export changes what a cached graph computes
 
@@ -51,9 +50,10 @@ def _has(module: str) -> bool:
 
 
 def installed_backends() -> list[str]:
-    """``"torch"`` and the compiled backends whose runtime is installed (a model that carries its graph needs no
-    exporter; one that does not is exported with torch's, see :func:`exporter_installed`)."""
-    return ["torch"] + [b for b in CPU_PREFERENCE if _has(_PACKAGES[b])]
+    """``"torch"`` and the compiled backends whose runtime (the Python package of the backend's name) is installed
+    (a model that carries its graph needs no exporter; one that does not is exported with torch's, see
+    :func:`exporter_installed`)."""
+    return ["torch"] + [b for b in CPU_PREFERENCE if _has(b)]
 
 
 def exporter_installed() -> bool:
@@ -77,8 +77,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
             return "torch"
         return next((b for b in CPU_PREFERENCE if b in have), "torch")
     if backend not in have:
-        raise ConfigError(f"backend {backend!r}: needs the Python package {_PACKAGES[backend]} "
-                          f"(pip install {_PACKAGES[backend]})")
+        raise ConfigError(f"backend {backend!r}: needs the Python package {backend} (pip install {backend})")
     if backend == "openvino" and device.type != "cpu":
         raise ConfigError(f"backend 'openvino' runs on the CPU, not on device {str(device)!r}; use backend 'torch' there")
     return backend
