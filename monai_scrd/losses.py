@@ -73,7 +73,7 @@ class ContrastiveReverseDistillationLoss(_Loss):
     ``alpha`` weighs the per-scale terms from outside the cosine, so its gradient is the per-scale term itself
     (multiplying both vectors inside the cosine, as the authors' code does, cancels it and the scale head never learns).
 
-    Why the options below exist (measured in benchmarks/RESULTS.md): the noisy teacher differs from the clean one only
+    Why the options below exist (numbers: benchmarks/RESULTS.md): the noisy teacher differs from the clean one only
     inside one small noise box, so ``z ~ u`` over most of the map. Then the ratio ``pull / push`` is close to 1 and its
     gradient ``(grad pull - r grad push) / push`` nearly cancels wherever ``z = u``: the student stops learning to
     reconstruct normal features outside the box, which is RD4AD's whole signal. ``distillation_weight`` adds that

@@ -5,7 +5,8 @@ from monai.data import MetaTensor
 from monai.data.utils import set_rnd
 from opensimplex import OpenSimplex
 
-from monai_scrd.transforms import RandSimplexNoise, RandSimplexNoised, fractal_simplex_noise
+from monai_scrd.transforms.noise import RandSimplexNoise, RandSimplexNoised
+from monai_scrd.transforms.simplex import fractal_simplex_noise
 
 
 REFERENCE_AMPLITUDE_SUM = sum(0.6**o for o in range(6))  # 2.38: bound of the unnormalised octave sum

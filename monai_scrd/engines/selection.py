@@ -180,7 +180,8 @@ class SyntheticValidation:
             :class:`~monai_scrd.transforms.SyntheticValidationSet`, a dataset/list of the scorer's prepared files (the
             bundle passes the :class:`~monai_scrd.scoring.ScoringDataset` of the datalist's ``validation`` list), or a
             dataset/loader/list of dicts whose ``image_key`` holds preprocessed images ``[C, H, W]`` (or batches);
-            items with a non-empty error are skipped with a warning. Read once, at the first evaluation. Empty or None: nothing is evaluated (a warning).
+            items with a non-empty error are skipped with a warning. Read once, at the first evaluation. Empty or
+            None: nothing is evaluated (a warning).
         network: the model; default: the engine's ``network``.
         interval: evaluate every ``interval`` iterations; 0 or less: only when the run completes.
         seed: seed of the synthetic anomalies (keep it fixed to compare evaluations and runs).

@@ -14,8 +14,8 @@ from monai_scrd.scoring.anomaly_map import AnomalyMapGenerator
 
 __all__ = ["SCRD", "REMOVED_ARGUMENTS", "drop_removed_arguments"]
 
-# SCRD arguments of finished experiments, since removed (their runs: benchmarks/results), each with the value that is
-# now the only behaviour; older model specs name them
+# SCRD arguments that no longer exist, each with the value that is the only behaviour: older model specs may still
+# name them, and a spec that asks for another value cannot be rebuilt
 REMOVED_ARGUMENTS = {"decoder": "rd4ad"}
 
 

@@ -168,9 +168,9 @@ class ScaleAdaptationHead(nn.Module):
 
     ``W`` starts at zero, so training starts from equal weights ``1 / num_scales``.
 
-    Trained through Eq. 4 alone, the head minimises ``sum_k alpha_k r_k`` and drives ``alpha`` to the one-hot of the
-    scale with the smallest ratio within tens of iterations, whatever the image (benchmarks/RESULTS.md); that scale then
-    dominates the anomaly map and the other scales' decoder stages stop being trained. Two options bound this:
+    Trained through Eq. 4 alone, the head minimises ``sum_k alpha_k r_k``, so it can drive ``alpha`` to the one-hot of
+    the scale with the smallest ratio whatever the image (numbers: benchmarks/RESULTS.md); that scale then dominates
+    the anomaly map and the other scales' decoder stages stop being trained. Two options bound this:
     ``temperature`` divides the logits (softer weights), ``alpha_floor`` mixes in a uniform share so that every scale
     keeps at least ``alpha_floor / num_scales`` of the weight (``alpha = floor / K + (1 - floor) * softmax``).
     Both at their defaults (1 and 0) give the paper's head.

@@ -1,6 +1,7 @@
 """MONAI transforms for SCRD."""
 
-from .noise import NOISE_TYPES, RandSimplexNoise, RandSimplexNoised, fractal_simplex_noise, warmup
+from .noise import NOISE_TYPES, RandSimplexNoise, RandSimplexNoised
+from .simplex import fractal_simplex_noise, warmup
 from .validation_anomaly import (
     ANOMALY_FAMILIES,
     ANOMALY_SIZES,
