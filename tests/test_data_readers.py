@@ -8,14 +8,9 @@ from monai.transforms import LoadImage
 from PIL import Image
 from test_data_utils import AFFINE, make_dicom, make_nifti, make_png
 
-from monai_scrd.data import (
-    DataError,
-    LoadMedicalImage,
-    MedicalImageReader,
-    ScaleIntensityToUnit,
-    preprocessing_transforms,
-    read_medical_image,
-)
+from monai_scrd.data.errors import DataError
+from monai_scrd.data.readers import LoadMedicalImage, MedicalImageReader, read_medical_image
+from monai_scrd.data.transforms import ScaleIntensityToUnit, preprocessing_transforms
 
 STORED = np.arange(0, 160, 10, dtype=np.uint16).reshape(4, 4)  # 0..150
 HU = -1024.0 + 2.0 * STORED  # slope 2, intercept -1024
@@ -94,6 +89,18 @@ def test_nifti_2d_and_3d(tmp_path):
     assert read_medical_image(p4, allow_volume=True).array.shape == (5, 6, 4)
     with pytest.raises(DataError, match=r"v\.nii\.gz: NIfTI volume of shape \(5, 6, 4\) is a 3D volume"):
         preprocessing_transforms(image_size=32)({"image": p3})
+
+
+def test_nifti_affine_as_stored_when_pixdim_disagrees(tmp_path):
+    """The sform is kept even when pixdim disagrees with it (MONAI's NibabelReader would rewrite it from the qform)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.arange(24, dtype=np.uint8).reshape(2, 3, 4), np.eye(4))
+    img.set_sform(np.diag([2.0, 3.0, 4.0, 1.0]), code=1)
+    img.set_qform(np.eye(4), code=1)
+    nib.save(img, str(tmp_path / "s.nii"))
+    vol = read_medical_image(tmp_path / "s.nii", allow_volume=True)
+    np.testing.assert_array_equal(vol.affine, np.diag([2.0, 3.0, 4.0, 1.0]))
 
 
 @pytest.mark.parametrize("kind", ["L", "RGB", "RGBA", "I;16", "JPEG"])

@@ -14,14 +14,9 @@ import numpy as np
 import pytest
 from test_data_utils import tiny_model
 
-from monai_scrd.data import (
-    DataError,
-    MedicalImageReader,
-    is_dicom_series_folder,
-    list_image_inputs,
-    read_dicom_series,
-    read_medical_image,
-)
+from monai_scrd.data.dicom import is_dicom_series_folder, read_dicom_series
+from monai_scrd.data.errors import DataError
+from monai_scrd.data.readers import MedicalImageReader, list_image_inputs, read_medical_image
 from monai_scrd.engines import AnomalyInference, list_inputs
 from monai_scrd.scoring import Scorer, ScoringDataset, save_map
 

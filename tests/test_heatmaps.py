@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_scrd.data.readers import MedicalImage
+from monai_scrd.data.image import MedicalImage
 from monai_scrd.scoring import plots
 from monai_scrd.scoring.plots import overlay_color_range, overlay_title, save_heatmap_overlay
 from monai_scrd.scoring.outputs import ScoreWriter, _overlay

@@ -232,7 +232,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     Raises:
         ConfigError: one line naming the variable, its value and what is allowed.
     """
-    from monai_scrd.data.readers import max_pixels
+    from monai_scrd.data.image import max_pixels
 
     max_pixels(environ)
 

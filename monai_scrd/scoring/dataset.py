@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 from monai_scrd.data.color import check_color_mode
 from monai_scrd.data.errors import ConfigError, DataError
-from monai_scrd.data.readers import MedicalImage, read_medical_image
+from monai_scrd.data.image import MedicalImage
+from monai_scrd.data.readers import read_medical_image
 from monai_scrd.data.robust import error_message
 from monai_scrd.data.transforms import array_transforms
 from monai_scrd.data.volume import check_not_constant, slice_volume
