@@ -37,6 +37,7 @@ __all__ = [
     "ResizeToModel",
     "ResizeToModeld",
     "DataCompose",
+    "size_2d",
 ]
 
 INTENSITY_MODES = ("minmax", "percentile", "none")
@@ -235,7 +236,8 @@ class DataCompose(Compose):
             raise cause from None
 
 
-def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
+def size_2d(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of an image size setting (an int is square)."""
     return (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
 
 
@@ -255,7 +257,7 @@ class ShrinkLargeImage(Transform):
     backend = [TransformBackends.TORCH]
 
     def __init__(self, spatial_size: int | Sequence[int], max_ratio: int = 4) -> None:
-        self.spatial_size = _size(spatial_size)
+        self.spatial_size = size_2d(spatial_size)
         self.max_ratio = int(max_ratio)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
@@ -301,7 +303,7 @@ class ResizeToModel(Transform):
     backend = [TransformBackends.TORCH]
 
     def __init__(self, spatial_size: int | Sequence[int]) -> None:
-        self.spatial_size = _size(spatial_size)
+        self.spatial_size = size_2d(spatial_size)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(img).float()

@@ -123,7 +123,7 @@ def export_onnx(network: torch.nn.Module, input_shape: Sequence[int], path: str 
         with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_logs():
             warnings.simplefilter("ignore")
             with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress: kept out of the user's log
-                program = torch.onnx.export(MapAndScore(network, score_reduction), (example.to(_device(network)),),
+                program = torch.onnx.export(MapAndScore(network, score_reduction), (example.to(network_device(network)),),
                                             input_names=["image"], output_names=["anomaly_map", "score"], dynamo=True,
                                             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
                                             verbose=False)
@@ -159,7 +159,8 @@ def _quiet_exporter_logs():
             lg.setLevel(level)
 
 
-def _device(network: torch.nn.Module) -> torch.device:
+def network_device(network: torch.nn.Module) -> torch.device:
+    """The device of the network's first parameter (CPU for a network without parameters)."""
     param = next(network.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -264,7 +265,7 @@ def compile_network(network: torch.nn.Module, backend: str, input_shape: Sequenc
         network.eval()
         try:
             with torch.no_grad():
-                ref_maps, ref_scores = (t.cpu() for t in MapAndScore(network, score_reduction)(x.to(_device(network))))
+                ref_maps, ref_scores = (t.cpu() for t in MapAndScore(network, score_reduction)(x.to(network_device(network))))
         finally:
             network.train(was_training)
         maps, scores = compiled(x)

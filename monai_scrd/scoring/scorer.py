@@ -39,15 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from monai_scrd.data.errors import ConfigError
-from monai_scrd.data.readers import MedicalImage
+from monai_scrd.data.image import MedicalImage
 from monai_scrd.data.robust import error_message
+from monai_scrd.data.transforms import size_2d
 from monai_scrd.data.volume import assemble_volume
 from monai_scrd.scoring.anomaly_map import (
     check_scale_weighting,
     image_score,
     top_fraction,
 )
-from monai_scrd.scoring.backends import CompiledNetwork, cache_graph, compile_network, resolve_backend
+from monai_scrd.scoring.backends import CompiledNetwork, cache_graph, compile_network, network_device, resolve_backend
 from monai_scrd.scoring.dataset import Prepared, Preprocessor, ScoringDataset, collate_prepared
 from monai_scrd.scoring.fitting import DEFAULT_SCORING, volume_threshold
 from monai_scrd.scoring.io import json_safe
@@ -310,15 +311,12 @@ class Scorer:
     def device(self) -> torch.device:
         if self._device is not None:
             return self._device
-        param = next(self.core.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+        return network_device(self.core)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the preprocessed images."""
-        size = self.preprocessor.settings["image_size"]
-        h, w = (size, size) if isinstance(size, int) else size
-        return self.preprocessor.settings["channels"], int(h), int(w)
+        return (self.preprocessor.settings["channels"], *size_2d(self.preprocessor.settings["image_size"]))
 
     def compiled(self) -> CompiledNetwork | None:
         """The compiled network of a compiled backend (made at the first call, from the weights as they are then),
