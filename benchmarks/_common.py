@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,17 @@ DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data" / "brain_tumor"
 DEFAULT_CACHE_DIR = Path(os.environ.get("MONAI_SCRD_CACHE", Path.home() / ".cache" / "monai_scrd"))
 SPLIT_JSON = "splits/MedIAnomaly_BrainTumor_data.json"
 GROUPS = ("train/normal", "test/normal", "test/glioma", "test/meningioma")
+
+
+def code_commit() -> str | None:
+    """The repository's commit, with ``+changes`` when tracked files differ from it (None outside a git checkout)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def machine_info() -> dict:
@@ -43,6 +55,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg": list(os.getloadavg()),
+        "commit": code_commit(),
     }
     for mod in ("timm", "numba", "opensimplex", "sklearn", "ignite"):
         try:
@@ -131,7 +144,7 @@ def original_sizes(data_root: Path) -> dict[str, tuple[int, int, str]]:
 
 def load_cached_images(data_root: Path, paths: list[str], image_size: int, cache_dir: Path) -> np.ndarray:
     """Preprocessed images ``uint8 [N, S, S]`` (grayscale, resized, min-max scaled to [0, 1] then x255), computed
-    once with ``monai_scrd.data.preprocessing_transforms`` and cached as ``.npy`` keyed by the file list and size."""
+    once with ``monai_scrd.data.transforms.preprocessing_transforms`` and cached as ``.npy`` keyed by the file list and size."""
     # keyed by the file list, the size and the data set's files.csv (which holds every file's sha1), not by the folder's
     # location, so that a cache made here can travel with the benchmark to another machine
     listing = Path(data_root) / "files.csv"
@@ -142,7 +155,7 @@ def load_cached_images(data_root: Path, paths: list[str], image_size: int, cache
         arr = np.load(cache)
         if arr.shape == (len(paths), image_size, image_size):
             return arr
-    from monai_scrd.data import preprocessing_transforms
+    from monai_scrd.data.transforms import preprocessing_transforms
 
     tf = preprocessing_transforms(keys="image", image_size=image_size)
     arr = np.empty((len(paths), image_size, image_size), dtype=np.uint8)

@@ -7,7 +7,7 @@ builds, and scores through the model's own anomaly map (``SCRD.forward`` in eval
 
 Protocol (no test label is used for any choice):
 - data: ``<data-root>`` (official split, see its MANIFEST.md), preprocessed once with
-  ``monai_scrd.data.preprocessing_transforms`` (grayscale, resize, min-max to [0, 1]) and cached as uint8 ``.npy``.
+  ``monai_scrd.data.transforms.preprocessing_transforms`` (grayscale, resize, min-max to [0, 1]) and cached as uint8 ``.npy``.
 - training: ``--val-normals`` training normals (fixed choice, seed 0) are held out; the model trains on the others
   for a FIXED number of iterations (Adam, lr 1e-3, betas (0.5, 0.999), as in the paper), shuffled epochs.
 - scoring: mean of the anomaly map (paper). Rows with per-scale calibration fit it on the held-out normals only.
@@ -512,7 +512,7 @@ python benchmarks/quality.py --report       # regenerate this file
 ```
 
 Data: `../shared/data/brain_tumor` (official MedIAnomaly split: 1000 train normals, test 600 normal + 300 glioma +
-300 meningioma). Each image goes once through `monai_scrd.data.preprocessing_transforms` (grayscale, resize, min-max
+300 meningioma). Each image goes once through `monai_scrd.data.transforms.preprocessing_transforms` (grayscale, resize, min-max
 to [0, 1]) and is cached as uint8. 100 training normals (fixed, seed 0) are held out for the threshold, the per-scale
 calibration and the synthetic validation; the rest train. "dedup" drops the 88 test normals that are byte-identical
 to a training image.

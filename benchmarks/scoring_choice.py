@@ -2,7 +2,7 @@
 ``scoring: auto`` considers (scale combination x image reduction, :mod:`monai_scrd.scoring.fitting`) is scored on:
 
 - the label-free synthetic validation that makes the choice (held-out normals against foreign patches from other
-  normals, cross-fitted, exactly as training's ``TrainingFinalizer`` does), and, as a record, the older local family
+  normals, cross-fitted, exactly as training's ``ScoringFitter`` does), and, as a record, the older local family
   (blob / blur / contrast);
 - the real test list (AUROC, reported only: no test label chooses anything).
 

@@ -1006,7 +1006,7 @@ def engine_overhead(args, device) -> dict:
 def preprocessing_cost(args) -> dict | None:
     if args.smoke or not (args.data_root / C.SPLIT_JSON).exists():
         return None
-    from monai_scrd.data import preprocessing_transforms
+    from monai_scrd.data.transforms import preprocessing_transforms
 
     split = C.read_split(args.data_root)
     files = [split[g][i] for g in C.GROUPS for i in range(3 if args.smoke else 5)]

@@ -15,13 +15,9 @@ from test_data_utils import AFFINE, make_dicom, make_nifti, tiny_model
 from torch.utils.data import DataLoader
 
 from monai_scrd.checkpoint import CheckpointError, extract_state_dict, load_state_dict_checked, load_weights_file
-from monai_scrd.data import (
-    DataError,
-    check_training_files,
-    load_datalist,
-    preprocessing_transforms,
-    validate_training_files,
-)
+from monai_scrd.data import DataError, load_datalist
+from monai_scrd.data.robust import check_training_files, validate_training_files
+from monai_scrd.data.transforms import preprocessing_transforms
 from monai_scrd.data.prepare import main as prepare_main
 from monai_scrd.scoring import ErrorCollector, Preprocessor, Scorer, ScoringDataset, collate_prepared
 

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from monai.transforms import Compose
 from sklearn.metrics import roc_auc_score
 import torch
 
@@ -466,3 +467,26 @@ def test_torchrun_two_process_gloo(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{os.path.join(out, 'mlflow.db')}")
     runs = client.search_runs([client.get_experiment_by_name("scrd").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run: rank 0's
+
+
+@pytest.mark.parametrize("overrides", [{}, {"image_size": 96, "intensity": "percentile", "color_mode": "rgb"}])
+def test_listed_training_transforms_equal_the_scorers_preprocessing(overrides):
+    """``train.json`` lists its preprocessing step by step, as a model-zoo bundle does; the scorer builds the same steps
+    from the recorded settings (``preprocessing_transforms``). Both must give one model input for every image."""
+    from monai.bundle import ConfigParser
+
+    from monai_scrd.data.transforms import preprocessing_transforms
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"bundle_root": BUNDLE, **overrides})
+    listed = parser.get_parsed_content("train#preprocessing")
+    factory = preprocessing_transforms(
+        image_size=parser["image_size"], intensity=parser["intensity"], percentiles=parser["percentiles"],
+        color_mode=parser.get_parsed_content("input_color_mode"),
+    ).transforms
+    assert [type(t) for t in listed] == [type(t) for t in factory]
+    listed_compose, factory_compose = Compose(listed), Compose(factory)
+    for item in parser.get_parsed_content("train#data")[:3] + parser.get_parsed_content("validation_data")[:1]:
+        a, b = listed_compose(dict(item))["image"], factory_compose(dict(item))["image"]
+        assert a.shape == b.shape == (3, parser["image_size"], parser["image_size"]) and torch.equal(a, b)

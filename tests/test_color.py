@@ -16,17 +16,10 @@ from monai.engines import SupervisedTrainer
 from monai.transforms import Compose
 from PIL import Image
 
-from monai_scrd.data import (
-    DataError,
-    check_color_mode,
-    image_color_mode,
-    preprocessing_transforms,
-    read_medical_image,
-    resolve_color_mode,
-    source_color_mode,
-    trained_color_mode,
-)
-from monai_scrd.data.transforms import ToColorMode
+from monai_scrd.data import DataError
+from monai_scrd.data.color import check_color_mode, image_color_mode, resolve_color_mode, source_color_mode, trained_color_mode
+from monai_scrd.data.readers import read_medical_image
+from monai_scrd.data.transforms import ToColorMode, preprocessing_transforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -298,7 +291,7 @@ def _train_and_score(train_files, test_files, color_mode, iterations=10):
     from monai_scrd.losses import build_loss
     from monai_scrd.networks import SCRD
     from monai_scrd.scoring import Scorer
-    from monai_scrd.transforms import RandSimplexNoised
+    from monai_scrd.transforms.noise import RandSimplexNoised
 
     torch.manual_seed(0)
     pre = preprocessing_transforms(image_size=64, color_mode=color_mode)

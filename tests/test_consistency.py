@@ -53,7 +53,7 @@ def _reference_scores(net, paths: list[str], **settings) -> list[float]:
     """Scores from the core pieces alone (2D): preprocessing_transforms -> SCRD -> image_score (the bundle's reduction)."""
     from test_registry_support import bundle_scoring
 
-    from monai_scrd.data import preprocessing_transforms
+    from monai_scrd.data.transforms import preprocessing_transforms
     from monai_scrd.scoring import image_score
 
     tf = preprocessing_transforms("image", **settings)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from test_data_utils import AFFINE, make_dicom, make_nifti, tiny_model
 
-from monai_scrd.data import array_transforms, assemble_volume, read_medical_image, slice_volume
+from monai_scrd.data.readers import read_medical_image
+from monai_scrd.data.transforms import array_transforms
+from monai_scrd.data.volume import assemble_volume, slice_volume
 from monai_scrd.scoring import Scorer, image_score, save_map
 
 

@@ -199,7 +199,7 @@ def make_images(folder: str, seed: int = 1) -> dict[str, str]:
 def direct_scores(net: torch.nn.Module, paths: list[str]) -> list[float]:
     """Reference scores computed with the core pieces only: preprocessing_transforms -> SCRD -> image_score (the
     bundle's reduction)."""
-    from monai_scrd.data import preprocessing_transforms
+    from monai_scrd.data.transforms import preprocessing_transforms
     from monai_scrd.scoring import image_score
 
     tf = preprocessing_transforms("image", image_size=IMAGE_SIZE)

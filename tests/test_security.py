@@ -298,7 +298,8 @@ def test_3_registered_model_loads_without_unpickling(model_dirs, tmp_path, monke
 def test_4_pixel_budget_from_the_header_and_linear_resize(tmp_path, monkeypatch):
     import nibabel as nib
 
-    from monai_scrd.data import ShrinkLargeImage, read_medical_image
+    from monai_scrd.data.readers import read_medical_image
+    from monai_scrd.data.transforms import ShrinkLargeImage
     from test_data_utils import make_dicom
 
     big = str(tmp_path / "big.png")
@@ -327,7 +328,7 @@ def test_4_pixel_budget_from_the_header_and_linear_resize(tmp_path, monkeypatch)
     # a shrunk image and an untouched one go through the preprocessing into one training batch (same metadata)
     from monai.data import list_data_collate
 
-    from monai_scrd.data import preprocessing_transforms
+    from monai_scrd.data.transforms import preprocessing_transforms
 
     small_png = _png(str(tmp_path / "small.png"))
     Image.fromarray(np.zeros((1500, 1300), np.uint8)).save(tmp_path / "large.png")

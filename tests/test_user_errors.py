@@ -146,7 +146,7 @@ def test_bad_setting_refused_before_any_data_is_read(in_process, tmp_path, setti
 def test_environment_variable_named_not_the_images(in_process, tmp_path, monkeypatch):
     """``SCRD_MAX_PIXELS=abc``: inference stops at start naming the variable, instead of failing every image as
     "truncated or corrupt"; the readers themselves blame the variable too, not the file."""
-    from monai_scrd.data import read_medical_image
+    from monai_scrd.data.readers import read_medical_image
 
     inputs = _normals(tmp_path / "in", n=2)
     monkeypatch.setenv("SCRD_MAX_PIXELS", "abc")
@@ -259,7 +259,7 @@ def test_empty_inputs_folder(tmp_path):
 def test_mixed_folder_scores_what_it_can(tmp_path, caplog):
     """PNG/NIfTI files next to two DICOM files of one series: the images are scored, the series (not in a folder of
     its own) is the one error, logged once, and the summary says what was written."""
-    from monai_scrd.data import list_image_inputs
+    from monai_scrd.data.readers import list_image_inputs
     from monai_scrd.engines import AnomalyInference
     from monai_scrd.scoring import ErrorCollector, Scorer
 

@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from monai_scrd.engines import SyntheticValidation, TrainingFinalizer, synthetic_validation_metrics
+from monai_scrd.engines import ModelWriter, ScoringFitter, SyntheticValidation, synthetic_validation_metrics
 from monai_scrd.engines.selection import VAL_AUROC_KEY, VAL_PIXEL_AUROC_KEY
 from monai_scrd.scoring import pixel_auroc
 from monai_scrd.transforms import (
@@ -239,10 +239,10 @@ def test_handler_keeps_the_best_and_selects(model_selection, tmp_path):
     # the validation normals as the scorer's prepared files (what the bundle's ScoringDataset loader gives)
     prepared = [[Prepared(f"normal{i}", {"image": f"normal{i}"}, images=torch.as_tensor(normals[i : i + 1]))
                  for i in range(len(normals))]]
-    final = TrainingFinalizer(net, str(tmp_path / "model.pt"), str(tmp_path / "threshold.json"),
-                              scorer=Scorer(net, image_size=32, amp=False, channels_last=False), val_loader=prepared,
-                              selection=sv)
-    engine = _fake_training(net, {1: 0.2, 2: 1.0, 3: 0.0}, [sv, final])
+    fitter = ScoringFitter(net, scorer=Scorer(net, image_size=32, amp=False, channels_last=False), val_loader=prepared,
+                           selection=sv)
+    writer = ModelWriter(net, str(tmp_path / "model.pt"), str(tmp_path / "threshold.json"))
+    engine = _fake_training(net, {1: 0.2, 2: 1.0, 3: 0.0}, [sv, fitter, writer])
     engine.run([0, 1, 2], max_epochs=1)
     assert [r["iteration"] for r in sv.history] == [1, 2, 3]
     assert sv.best["iteration"] == 2 and sv.best[VAL_AUROC_KEY] == 1.0 and sv.last[VAL_AUROC_KEY] == 0.0

@@ -1,45 +1,31 @@
-"""Medical image input for SCRD: validating readers (DICOM files and series, NIfTI, PNG/JPEG), preprocessing
-transforms, datalists, volume slicing, one-line error messages and the check of training images. It reads and
-validates data and never runs a model (scoring is :mod:`monai_scrd.scoring`).
+"""Medical image input for SCRD: it reads and validates data and never runs a model (scoring is
+:mod:`monai_scrd.scoring`).
 
-Attributes are imported lazily, so ``python -m monai_scrd.prepare`` starts without importing torch/MONAI.
+Modules: ``errors`` (one-line errors), ``formats`` (file types), ``datalist`` (the bundle's JSON datalists),
+``prepare`` (``python -m monai_scrd.prepare``), ``readers`` (any input: NIfTI, PNG/JPEG, DICOM via ``dicom``; the
+shared checks and ``MedicalImage`` in ``image``), ``transforms`` (preprocessing), ``color`` (colour modes),
+``volume`` (slicing volumes), ``robust`` (the check of training images).
+
+This package re-exports only the standard-library modules (``errors``, ``formats``, ``datalist``), so that
+``python -m monai_scrd.prepare`` starts without torch and MONAI (importing MONAI takes seconds); import the others from
+their module, e.g. ``from monai_scrd.data.readers import read_medical_image``.
 """
 
 from __future__ import annotations
 
-from monai_scrd._lazy import lazy_exports
+from monai_scrd.data.datalist import DATALIST_KEYS, is_inside, load_datalist, resolve_path, validate_datalist
+from monai_scrd.data.errors import ConfigError, DataError
+from monai_scrd.data.formats import IMAGE_EXTENSIONS, detect_format, is_image_file
 
-_EXPORTS = {
-    "errors": ["DataError", "ConfigError"],
-    "formats": ["IMAGE_EXTENSIONS", "detect_format", "is_image_file"],
-    "readers": [
-        "MedicalImage",
-        "read_medical_image",
-        "read_dicom_series",
-        "dicom_affine",
-        "is_dicom_series_folder",
-        "list_image_inputs",
-        "LoadMedicalImage",
-        "LoadMedicalImaged",
-        "MedicalImageReader",
-    ],
-    "transforms": [
-        "ToGrayscaleChannels",
-        "ToGrayscaleChannelsd",
-        "ToColorMode",
-        "ToColorModed",
-        "ScaleIntensityToUnit",
-        "ScaleIntensityToUnitd",
-        "intensity_bounds",
-        "preprocessing_transforms",
-        "array_transforms",
-        "ShrinkLargeImage",
-        "ShrinkLargeImaged",
-        "DataCompose",
-    ],
-    "volume": ["is_empty", "check_not_constant", "slice_volume", "assemble_volume"],
-    "robust": ["unwrap_error", "error_message", "validate_training_files", "check_training_files"],
-    "datalist": ["DATALIST_KEYS", "load_datalist", "validate_datalist", "resolve_path", "is_inside"],
-    "color": ["COLOR_MODES", "image_color_mode", "source_color_mode", "resolve_color_mode", "check_color_mode", "trained_color_mode"],
-}
-__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "IMAGE_EXTENSIONS",
+    "detect_format",
+    "is_image_file",
+    "DATALIST_KEYS",
+    "load_datalist",
+    "validate_datalist",
+    "resolve_path",
+    "is_inside",
+]

@@ -1,5 +1,6 @@
-"""The end of training: the final weights with a scoring fitted on the held-out normals (``model.pt``) and the
-decision threshold (``threshold.json``). The fitting itself is :mod:`monai_scrd.scoring.fitting`."""
+"""The end of training, one job per handler: :class:`ScoringFitter` gives the final network its scoring, fitted on
+the held-out normals (the maths is :mod:`monai_scrd.scoring.fitting`); :class:`ModelWriter` then writes the weights
+(``model.pt``) and the threshold record (``threshold.json``)."""
 
 from __future__ import annotations
 
@@ -18,34 +19,30 @@ from monai_scrd.engines.utils import find_bundle_root, is_rank0, unwrap
 from monai_scrd.scoring.fitting import fit_network_scoring, threshold_record
 from monai_scrd.scoring.io import write_json
 
-__all__ = ["TrainingFinalizer"]
+__all__ = ["ScoringFitter", "ModelWriter"]
 
 logger = logging.getLogger("monai_scrd.engines")
 
 
-class TrainingFinalizer:
-    """At the end of training (rank 0): fits the scoring on the held-out normals and writes the final weights
-    ``{"model": state_dict}`` to ``model_path`` and the threshold record to ``threshold_path``; both become MLflow
-    artifacts when tracking is on. The fitting itself (calibration of the scored statistic, the ``auto`` choice of
-    scales and image reduction on synthetic anomalies, the cross-fitted threshold) is
-    :func:`monai_scrd.scoring.fitting.fit_network_scoring`; this handler only gathers the images, calls it and saves the
-    result.
+class ScoringFitter:
+    """At the end of training (rank 0): loads the selected weights (``selection``) and fits the network's scoring on
+    the held-out normals: the calibration of the scored statistic, the ``auto`` choice of scales and image reduction
+    on synthetic anomalies, and the cross-fitted threshold (:func:`~monai_scrd.scoring.fitting.fit_network_scoring`);
+    without ``calibrate_scales`` only the threshold of the network's own scoring (the paper's). The threshold record
+    goes to ``engine.state.scrd_threshold`` for :class:`ModelWriter`.
 
     Args:
         network: the trained network.
-        model_path: where the final weights go.
-        threshold_path: where the threshold record goes.
         scorer: the :class:`~monai_scrd.scoring.Scorer` of the validation (on ``network``): its preprocessing and
             settings are recorded, and without ``calibrate_scales`` its scores give the threshold.
-        val_loader: loader of a :class:`~monai_scrd.scoring.ScoringDataset` of the validation normals.
+        val_loader: loader of a :class:`~monai_scrd.scoring.ScoringDataset` of the validation normals; None fits
+            nothing.
         percentile: of the validation scores.
-        extra_info: written into the threshold file.
         selection: :class:`~monai_scrd.engines.SyntheticValidation`; its ``select(engine)`` first loads the selected
             weights (best synthetic-validation or last, its ``model_selection``) into the network, and what it returns
-            is added to the threshold file.
+            is added to the threshold record.
         calibrate_scales: fit the scoring (:func:`~monai_scrd.scoring.fitting.fit_scoring`) on the validation
-            normals before the weights are saved; False keeps the network's scoring as it is (the paper's) and fits
-            only the threshold.
+            normals; False keeps the network's scoring as it is and fits only the threshold.
         score_reduction: ``"auto"`` or a fixed image reduction (with ``calibrate_scales``).
         seed: of the synthetic anomalies and the cross-fitting folds.
         max_anomalies: synthetic anomalies at most (1 to 3 per normal).
@@ -54,12 +51,9 @@ class TrainingFinalizer:
     def __init__(
         self,
         network: torch.nn.Module,
-        model_path: str,
-        threshold_path: str | None = None,
         scorer=None,
         val_loader=None,
         percentile: float = 95.0,
-        extra_info: Mapping | None = None,
         selection=None,
         calibrate_scales: bool = False,
         score_reduction: str = "auto",
@@ -67,14 +61,11 @@ class TrainingFinalizer:
         max_anomalies: int = 600,
     ) -> None:
         self.network = network
-        self.selection = selection
-        self.calibrate_scales = bool(calibrate_scales)
-        self.model_path = model_path
-        self.threshold_path = threshold_path
         self.scorer = scorer
         self.val_loader = val_loader
         self.percentile = float(percentile)
-        self.extra_info = dict(extra_info or {})
+        self.selection = selection
+        self.calibrate_scales = bool(calibrate_scales)
         self.score_reduction = score_reduction
         self.seed = int(seed)
         self.max_anomalies = int(max_anomalies)
@@ -110,10 +101,11 @@ class TrainingFinalizer:
     def __call__(self, engine: Engine) -> None:
         if not is_rank0():
             return
-        net = unwrap(self.network)
         selection_info = self.selection.select(engine) if self.selection is not None else {}
-        record = None
-        if self.calibrate_scales and self.val_loader is not None:
+        engine.state.scrd_threshold = None
+        if self.val_loader is None or self.scorer is None:
+            return
+        if self.calibrate_scales:
             fit = self.fit()
             record = fit.record()
             choice = record["scoring_choice"]
@@ -121,26 +113,55 @@ class TrainingFinalizer:
                         f"(foreign patches): {fit.scales}, image score {fit.reduction} (synthetic AUROC "
                         f"{choice['synthetic_auroc'] if choice['synthetic_auroc'] is None else round(choice['synthetic_auroc'], 4)}"
                         f" among {len(fit.candidates)} candidates; a label-free ranking, not a test AUROC)")
+        else:
+            record = threshold_record(self.validation_scores(), self.percentile, self.scorer.score_reduction)
+        engine.state.scrd_threshold = {
+            **record,
+            "fitted_on": "validation",
+            "n_images": len(record["validation_scores"]),
+            "scale_weighting": self.scorer.scale_weighting,
+            "preprocessing": self.scorer.preprocessing,
+            "iteration": int(engine.state.iteration),
+            **selection_info,
+        }
+        engine.state.metrics["threshold"] = record["threshold"]
+
+
+class ModelWriter:
+    """At the end of training (rank 0), after :class:`ScoringFitter`: writes the final weights
+    ``{"model": state_dict}`` to ``model_path`` and the threshold record of ``engine.state.scrd_threshold`` (with
+    ``extra_info``) to ``threshold_path``; both become MLflow artifacts when tracking is on. Its last log line names
+    the commands that use the model.
+
+    Args:
+        network: the trained network.
+        model_path: where the final weights go.
+        threshold_path: where the threshold record goes (nothing is written without a fitted record).
+        extra_info: bundle settings written into the threshold file (``backbone``, ``image_size``, ``color_mode``).
+    """
+
+    def __init__(self, network: torch.nn.Module, model_path: str, threshold_path: str | None = None,
+                 extra_info: Mapping | None = None) -> None:
+        self.network = network
+        self.model_path = model_path
+        self.threshold_path = threshold_path
+        self.extra_info = dict(extra_info or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_rank0():
+            return
+        net = unwrap(self.network)
         os.makedirs(os.path.dirname(os.path.abspath(self.model_path)), exist_ok=True)
         torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, self.model_path)
         files = [self.model_path]
         logger.info(f"saved final model weights to {self.model_path} (iteration {engine.state.iteration})")
-        if self.threshold_path and self.val_loader is not None and self.scorer is not None:
-            if record is None:
-                record = threshold_record(self.validation_scores(), self.percentile, self.scorer.score_reduction)
-            info = {
-                **record,
-                "fitted_on": "validation",
-                "n_images": len(record["validation_scores"]),
-                "scale_weighting": self.scorer.scale_weighting,
-                "preprocessing": self.scorer.preprocessing,
-                "iteration": int(engine.state.iteration),
-                **self.extra_info,
-                **selection_info,
-            }
-            files.append(write_json(self.threshold_path, info))
-            engine.state.metrics["threshold"] = info["threshold"]
-            logger.info(f"decision threshold {info['threshold']:.5g} ({info['method']}) -> {self.threshold_path}")
+        record = getattr(engine.state, "scrd_threshold", None)
+        if self.threshold_path and record:
+            files.append(write_json(self.threshold_path, {**record, **self.extra_info}))
+            logger.info(f"decision threshold {record['threshold']:.5g} ({record['method']}) -> {self.threshold_path}")
         engine.state.scrd_artifacts = list(getattr(engine.state, "scrd_artifacts", [])) + files
         logger.info(self.next_step())
 

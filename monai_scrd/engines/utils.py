@@ -19,6 +19,7 @@ __all__ = [
     "as_bool",
     "is_rank0",
     "unwrap",
+    "split_datalist",
     "training_items",
     "validation_items",
     "one_line_errors",
@@ -231,6 +232,21 @@ def training_items(
 
         check_training_files(items)
     return items
+
+
+def split_datalist(
+    datalist: str | os.PathLike,
+    base_dir: str | None = None,
+    allow_absolute: bool = False,
+    check_files: bool = True,
+    validation_fraction: float = 0.0,
+    with_training: bool = True,
+) -> dict[str, list[dict]]:
+    """``{"training": training_items(...), "validation": validation_items(...)}``: the one split of a datalist that
+    ``train.json`` reads both lists from (training checked first). ``with_training=False`` (evaluation) leaves
+    ``training`` empty and does not require it."""
+    args = (datalist, base_dir, allow_absolute, check_files, validation_fraction)
+    return {"training": training_items(*args) if with_training else [], "validation": validation_items(*args)}
 
 
 def validation_items(

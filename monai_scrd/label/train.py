@@ -8,7 +8,7 @@ bundle without trained weights (a model URI or a trained bundle stays served: se
   decision threshold, as the bundle does with its ``validation`` list.
 * **Same training as the bundle**: the source bundle's ``configs/train.json`` runs through ``monai.bundle`` (the
   ``run`` workflow of ``python -m monai.bundle run training``: ``SCRDTrainStep``, loss, checkpoints,
-  ``TrainingFinalizer`` writing ``models/model.pt`` and ``models/threshold.json``), with overrides only for the data
+  ``ModelWriter`` writing ``models/model.pt`` and ``models/threshold.json``), with overrides only for the data
   (a datalist of the normal studies), the output folder, the device and the request's parameters.
 * **Output**: a complete bundle in ``<app_dir>/model/<name>/`` (``configs/`` as trained, ``models/``, ``runs/``,
   ``datalist.json``). It is built in ``<name>.training/`` and renamed into place only after training succeeded, so

@@ -15,21 +15,48 @@ Command line (see ``python -m monai_scrd.registry --help``)::
 
 Backend: MLflow 3's registry needs a database store (``sqlite:///path/mlflow.db``); plain folders (file store) are
 refused with a clear error.
-
-Attributes are imported lazily: ``monai_scrd.registry.spec`` does not need MLflow.
 """
 
 from __future__ import annotations
 
-from monai_scrd._lazy import lazy_exports
+from monai_scrd.registry.errors import RegistryError
+from monai_scrd.registry.loading import load_model, download_model, check_code_model
+from monai_scrd.registry.logged_model import log_scrd_model
+from monai_scrd.registry.registering import (
+    RegisterModelHandler,
+    register_model,
+    register_run,
+    register_trained_model,
+    set_alias,
+)
+from monai_scrd.registry.spec import (
+    ModelSpec,
+    build_scorer,
+    scorer_from_bundle,
+    scorer_from_dir,
+    spec_from_bundle,
+    write_model_dir,
+)
+from monai_scrd.registry.spec_sources import spec_from_run
+from monai_scrd.registry.tracking import resolve_tracking_uri
 
-_EXPORTS = {
-    "errors": ["RegistryError"],
-    "tracking": ["resolve_tracking_uri"],
-    "loading": ["load_model", "download_model", "check_code_model"],
-    "spec_sources": ["spec_from_run"],
-    "logged_model": ["log_scrd_model"],
-    "registering": ["register_model", "register_run", "register_trained_model", "set_alias", "RegisterModelHandler"],
-    "spec": ["ModelSpec", "spec_from_bundle", "write_model_dir", "build_scorer", "scorer_from_dir", "scorer_from_bundle"],
-}
-__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "RegistryError",
+    "resolve_tracking_uri",
+    "load_model",
+    "download_model",
+    "check_code_model",
+    "spec_from_run",
+    "log_scrd_model",
+    "register_model",
+    "register_run",
+    "register_trained_model",
+    "set_alias",
+    "RegisterModelHandler",
+    "ModelSpec",
+    "spec_from_bundle",
+    "write_model_dir",
+    "build_scorer",
+    "scorer_from_dir",
+    "scorer_from_bundle",
+]

@@ -232,7 +232,7 @@ class RegisterModelHandler:
     """Ignite handler for bundle training: at ``COMPLETED`` (rank 0), register the final weights under ``name``
     (no-op when ``name`` is empty), logging the pyfunc into the training's MLflow run (the one named ``run_name``,
     opened by ``--tracking mlflow``) when there is one, else into a new run of ``experiment_name``. Attach it after
-    the handler that writes ``model_path``/``threshold_path`` (``TrainingFinalizer``).
+    the handler that writes ``model_path``/``threshold_path`` (``ModelWriter``).
 
     Args: as :func:`register_trained_model`, plus ``run_name`` and ``enabled``.
     """

@@ -1,6 +1,6 @@
 """What a score means, fitted once on the user's held-out normals at the end of training: the per-scale calibration
 of the statistic that is scored, the scales and image reduction (``auto``), and the decision threshold for images and
-for volumes. :class:`~monai_scrd.engines.TrainingFinalizer` calls :func:`fit_network_scoring` (or, keeping the paper's
+for volumes. :class:`~monai_scrd.engines.ScoringFitter` calls :func:`fit_network_scoring` (or, keeping the paper's
 scoring, :func:`threshold_record`); every scorer then applies what it recorded (the network's buffers and
 ``threshold.json``).
 
