@@ -280,3 +280,16 @@ def test_noise_strength_matches_reference():
     ours = float(np.concatenate([t.noise().ravel() for _ in range(2000) if t(img) is not None]).std())
     assert 0.42 < reference_std < 0.52, reference_std
     assert abs(ours / reference_std - 1) < 0.08, (ours, reference_std)
+
+
+def test_dictionary_transforms_refuse_output_keys_that_overwrite_inputs():
+    """Both perturbing dictionary transforms keep their input: one rule (``transforms.keys``) refuses any overlap."""
+    from monai_scrd.transforms import RandValidationAnomalyd
+
+    assert RandSimplexNoised(["a", "b"]).output_keys == ("a_noisy", "b_noisy")
+    with pytest.raises(ValueError, match=r"^output_keys must differ from keys"):
+        RandSimplexNoised("image", output_keys="image")
+    with pytest.raises(ValueError, match=r"must match keys \('a', 'b'\) one to one"):
+        RandSimplexNoised(["a", "b"], output_keys="x")
+    with pytest.raises(ValueError, match=r"^output_keys and mask_key must differ from keys"):
+        RandValidationAnomalyd("image", mask_key="image_anomaly")

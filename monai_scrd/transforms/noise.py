@@ -26,8 +26,9 @@ from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import TransformBackends, ensure_tuple
+from monai.utils import TransformBackends
 
+from monai_scrd.transforms.keys import paired_output_keys
 from monai_scrd.transforms.simplex import DEFAULT_SEED, fractal_simplex_noise, warmup
 
 __all__ = ["RandSimplexNoise", "RandSimplexNoised", "NOISE_TYPES"]
@@ -248,14 +249,7 @@ class RandSimplexNoised(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        if output_keys is None:
-            self.output_keys = tuple(f"{key}{output_postfix}" for key in self.keys)
-        else:
-            self.output_keys = ensure_tuple(output_keys)
-        if len(self.output_keys) != len(self.keys):
-            raise ValueError(f"output_keys {self.output_keys} must match keys {self.keys} one to one.")
-        if set(self.output_keys) & set(self.keys):
-            raise ValueError("output_keys must differ from keys: the inputs are kept unchanged.")
+        self.output_keys = paired_output_keys(self.keys, output_keys, output_postfix)
         self.rand_noise = RandSimplexNoise(
             prob=1.0,
             intensity=intensity,

@@ -30,6 +30,8 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 from torchvision.transforms.functional import gaussian_blur
 
+from monai_scrd.transforms.keys import paired_output_keys
+
 __all__ = [
     "ANOMALY_FAMILIES",
     "ANOMALY_SIZES",
@@ -304,13 +306,7 @@ class RandValidationAnomalyd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.output_keys = (
-            tuple(f"{key}{output_postfix}" for key in self.keys) if output_keys is None else ensure_tuple(output_keys)
-        )
-        if len(self.output_keys) != len(self.keys):
-            raise ValueError(f"output_keys {self.output_keys} must match keys {self.keys} one to one.")
-        if set(self.output_keys) & set(self.keys) or mask_key in set(self.keys) | set(self.output_keys):
-            raise ValueError("output_keys and mask_key must differ from keys: the inputs are kept unchanged.")
+        self.output_keys = paired_output_keys(self.keys, output_keys, output_postfix, {"mask_key": mask_key})
         self.mask_key = mask_key
         self.anomaly = RandValidationAnomaly(
             prob=1.0,
