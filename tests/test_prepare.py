@@ -195,3 +195,12 @@ def test_official_brain_tumour_split(tmp_path, capsys):
     dl3 = load_datalist(out3, dataset_dir=BRAIN)
     assert {i["image"] for i in dl3["training"]} == {i["image"] for i in dl["training"]}
     assert {(i["image"], i["label"]) for i in dl3["test"]} == {(i["image"], i["label"]) for i in dl["test"]}
+
+
+def test_prepare_starts_without_torch_or_monai():
+    """``python -m monai_scrd.prepare`` only lists folders and writes JSON, so it must not import torch or MONAI
+    (seconds of start-up): the reason ``monai_scrd.data`` re-exports only its standard-library modules."""
+    code = ("import sys, monai_scrd.prepare, monai_scrd.data, monai_scrd.data.prepare; "
+            "heavy = sorted({'torch', 'monai', 'numpy'} & set(sys.modules)); print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
