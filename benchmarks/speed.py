@@ -44,6 +44,8 @@ the latest CPU and the latest CUDA JSON (``--report`` only regenerates it).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -291,18 +293,34 @@ def _child_env(args) -> dict:
     return env
 
 
-def _run_child(args, child_args: list[str], what: str) -> dict:
-    """One ``speed.py --child-...`` process; its last stdout line is its JSON. A failure raises in smoke mode, else it
-    is recorded as ``{"skipped": ...}`` and the run goes on."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *child_args, "--device", args.device]
+def _run_child_in_process(args, child_args: list[str]) -> dict:
+    """A child in this process, for ``--smoke``, which checks the code paths and not their speed: no interpreter
+    start-up per child (most of a smoke run). Its environment variables and temporary folder are restored after it."""
+    environ, tempdir, out = dict(os.environ), tempfile.tempdir, io.StringIO()
+    if getattr(args, "work", None) is not None:
+        (args.work / "tmp").mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(args.work / "tmp")
+    try:
+        with contextlib.redirect_stdout(out):
+            main(child_args)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        tempfile.tempdir = tempdir
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def _run_child(args, child_args: list[str]) -> dict:
+    """One ``speed.py --child-...`` process; its last stdout line is its JSON. A failure is recorded as
+    ``{"skipped": ...}`` and the run goes on (with ``--smoke`` the child runs in this process and a failure raises)."""
+    child_args = [*child_args, "--device", args.device]
     if getattr(args, "graph_cache", None) is not None:
-        cmd += ["--graph-cache", str(args.graph_cache)]
+        child_args += ["--graph-cache", str(args.graph_cache)]
     if args.smoke:
-        cmd.append("--smoke")
+        return _run_child_in_process(args, [*child_args, "--smoke"])
+    cmd = [sys.executable, str(Path(__file__).resolve()), *child_args]
     res = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(args))
     if res.returncode:
-        if args.smoke:
-            raise RuntimeError(f"{what} failed:\n{res.stderr[-3000:]}")
         last = [ln for ln in res.stderr.strip().splitlines() if ln.strip()][-1:] or ["no output"]
         return {"skipped": f"failed: {last[0]}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -317,8 +335,7 @@ def inference_speed(args) -> list[dict]:
     for rnd in range(args.rounds):
         for bb, batch, be in configs:
             images = max(args.infer_images, batch) // batch * batch
-            r = _run_child(args, ["--child-infer", bb, str(args.infer_size), str(batch), str(images), be],
-                           f"inference {bb} batch {batch} {be}")
+            r = _run_child(args, ["--child-infer", bb, str(args.infer_size), str(batch), str(images), be])
             r.update(round=rnd + 1, backbone=bb, batch=batch, backend=be)
             runs[(bb, batch, be)].append(r)
             if "skipped" in r:
@@ -597,8 +614,7 @@ def entry_point_speed(args) -> list[dict]:
     # smoke: the entry points with set-up code of their own here (the scorer's is one line; MONAI Label needs its venv)
     for entry in ENTRY_POINTS if not args.smoke else ("evaluation", "pyfunc"):
         for backend in args.entry_backends:
-            r = _run_child(args, ["--child-entry", entry, str(size), str(args.entry_batch), backend, "--files", str(listing)],
-                           f"entry point {entry} ({backend})")
+            r = _run_child(args, ["--child-entry", entry, str(size), str(args.entry_batch), backend, "--files", str(listing)])
             r.setdefault("entry", entry)
             r.setdefault("backend", backend)
             out.append(r)
@@ -694,8 +710,7 @@ def stages_speed(args) -> list[dict]:
     size = 64 if args.smoke else args.infer_size
     out = []
     for backend in ([default_backend(args.device)] if args.smoke else args.backends):
-        r = _run_child(args, ["--child-stages", str(size), str(args.entry_batch), backend, "--files", str(listing)],
-                       f"stages ({backend})")
+        r = _run_child(args, ["--child-stages", str(size), str(args.entry_batch), backend, "--files", str(listing)])
         r.setdefault("backend", backend)
         out.append(r)
         if "skipped" in r:
@@ -912,7 +927,7 @@ def large_speed(args) -> dict:
     gen_s = make_large_png(image, side)
     backend = "auto"
     size = 64 if args.smoke else 256
-    r = _run_child(args, ["--child-large", str(image), str(size), backend], "large")
+    r = _run_child(args, ["--child-large", str(image), str(size), backend])
     r.update(image=f"{side}x{side} grayscale PNG (pattern + noise)", file_mib=image.stat().st_size / 2**20,
              generation_s=gen_s, heatmaps=True, nifti_maps=True,
              note="seconds: the second of two AnomalyInference calls on the file (the first pays lazy imports: "
