@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from monai_scrd.label import default_label_venv
-from monai_scrd.scoring.backends import resolve_backend
+from monai_scrd.scoring.backends import requested_backend, resolve_backend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_registry_support import (  # noqa: E402
@@ -93,7 +93,7 @@ def test_monai_label_server(tmp_path):
         # which model is served: in /info/ and in one line at start
         assert model_info["served"] == {"source": "bundle", "path": bundle,
                                         "checkpoint": os.path.join(bundle, "models", "model.pt"), "threshold": model_info["threshold"],
-                                        "backend": resolve_backend(os.environ.get("SCRD_BACKEND") or "auto", "cpu")}
+                                        "backend": resolve_backend(requested_backend(), "cpu")}
         assert info["trainers"]["scrd"]["served_after_training"] is False
         lines = [ln for ln in (tmp_path / "server.log").read_text(errors="replace").splitlines() if "SCRD serves" in ln]
         assert len(lines) == 1 and lines[0].endswith(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from monai_scrd.scoring.anomaly_map import top_fraction
+from monai_scrd.scoring.backends import exporter_installed, requested_backend, resolve_backend
 from monai_scrd.scoring.dataset import PREPROCESSING_KEYS
 from monai_scrd.scoring.io import json_safe
 from monai_scrd.scoring.scorer import Scorer, read_threshold, resolve_score_reduction
@@ -306,7 +307,6 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     from safetensors.torch import save_file
 
     from monai_scrd.checkpoint import load_state_dict_checked
-    from monai_scrd.scoring.backends import exporter_installed, resolve_backend
 
     out_dir = os.fspath(out_dir)
     checkpoint = os.fspath(checkpoint)
@@ -317,7 +317,7 @@ def write_model_dir(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, s
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(out_dir, WEIGHTS_FILE))
     spec.save(os.path.join(out_dir, SPEC_FILE))
-    if graph and exporter_installed() and resolve_backend(os.environ.get("SCRD_BACKEND") or "auto", "cpu") != "torch":
+    if graph and exporter_installed() and resolve_backend(requested_backend(), "cpu") != "torch":
         try:
             _scorer(spec, net.eval(), "cpu", 1, "torch").export_graph(os.path.join(out_dir, GRAPH_FOLDER))
         except Exception as e:  # noqa: BLE001 - the graph only speeds scoring up: a compiled backend can export it later
@@ -348,7 +348,7 @@ def build_scorer(spec: ModelSpec, checkpoint: str | os.PathLike, device: str | t
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = spec.build_network()
     load_state_dict_checked(net, load_weights(checkpoint), checkpoint)
-    return _scorer(spec, net.to(device).eval(), device, batch_size, backend or os.environ.get("SCRD_BACKEND") or "auto",
+    return _scorer(spec, net.to(device).eval(), device, batch_size, backend or requested_backend(),
                    graph_cache or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), GRAPH_FOLDER))
 
 

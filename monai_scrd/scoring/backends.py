@@ -31,7 +31,7 @@ from monai_scrd.data.errors import ConfigError
 from monai_scrd.scoring.anomaly_map import image_score
 
 __all__ = ["BACKENDS", "CPU_PREFERENCE", "TOLERANCE", "CompiledNetwork", "MapAndScore", "cache_graph", "compile_network", "export_onnx",
-           "exporter_installed", "graph_digest", "installed_backends", "relative_difference", "resolve_backend"]
+           "exporter_installed", "graph_digest", "installed_backends", "relative_difference", "requested_backend", "resolve_backend"]
 
 logger = logging.getLogger("monai_scrd.scoring")
 
@@ -59,6 +59,12 @@ def installed_backends() -> list[str]:
 def exporter_installed() -> bool:
     """Whether torch's ONNX exporter has its packages (``onnx``, ``onnxscript``)."""
     return all(_has(m) for m in _EXPORT_PACKAGES)
+
+
+def requested_backend() -> str:
+    """The backend asked for where none is given (bundle runs, registered models, MONAI Label): ``$SCRD_BACKEND``,
+    else ``"auto"``."""
+    return os.environ.get("SCRD_BACKEND") or "auto"
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
