@@ -1040,6 +1040,12 @@ def _load_note(res: dict) -> str:
     return note
 
 
+def _skipped_row(first_cells: list, columns: int, reason: str, limit: int = 100) -> str:
+    """A report table row of a measurement that did not run: its first cells, dashes, and why (``limit`` characters)."""
+    cells = [*map(str, first_cells), *["-"] * (columns - len(first_cells) - 1), f"skipped: {reason[:limit]}"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def report_markdown(res: dict, where) -> str:
     """Markdown tables of one speed JSON (every section it holds); ``benchmarks/quality.py --report`` embeds the
     latest CPU run in RESULTS.md, ``write_speed_md`` writes SPEED.md."""
@@ -1074,8 +1080,7 @@ def report_markdown(res: dict, where) -> str:
                       "ms / image | peak RSS MiB | CUDA peak MiB | compile s | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in rows:
                 if "skipped" in r:
-                    lines.append(f"| {r['backbone']} | {r['size']} | {r['batch']} | {r['backend']} | - | - | - | - | - | - | - | "
-                                 f"skipped: {r['skipped'][:100]} |")
+                    lines.append(_skipped_row([r["backbone"], r["size"], r["batch"], r["backend"]], 12, r["skipped"]))
                     continue
                 used = r["backend"] if r.get("backend_used") in (None, r["backend"]) else f"{r['backend']} ({r['backend_used']})"
                 if r.get("fell_back"):
@@ -1112,7 +1117,7 @@ def report_markdown(res: dict, where) -> str:
             if r.get("backend_resolved") and r.get("backend_used") and r["backend_used"] != r["backend_resolved"]:
                 be += " **fell back**"
             if "skipped" in r:
-                lines.append(f"| {r['entry']} | {be} | - | - | - | - | - | - | skipped: {r['skipped'][:120]} |")
+                lines.append(_skipped_row([r["entry"], be], 9, r["skipped"], limit=120))
                 continue
             cuda = f"{r['cuda_peak_mib']:.0f}" if r.get("cuda_peak_mib") is not None else "-"
             sp = f"{r['speedup_vs_torch']:.2f}x" if r.get("speedup_vs_torch") else "-"
@@ -1128,7 +1133,7 @@ def report_markdown(res: dict, where) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in res["stages"]:
             if "skipped" in r:
-                lines.append(f"| {r['backend']} | - | - | - | - | - | - | - | skipped: {r['skipped'][:100]} |")
+                lines.append(_skipped_row([r["backend"]], 9, r["skipped"]))
                 continue
             be = r["backend"] if r["backend_used"] == r["backend"] else f"{r['backend']} ({r['backend_used']})"
             ms = r["ms_per_image"]
@@ -1143,7 +1148,7 @@ def report_markdown(res: dict, where) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in pl["runs"]:
             if "skipped" in r:
-                lines.append(f"| {r['code']} | - | - | - | - | - | - | - | skipped: {r['skipped'][:100]} |")
+                lines.append(_skipped_row([r["code"]], 9, r["skipped"]))
                 continue
             code = r["code"] + (f" (`{r['revision'][:10]}`)" if r.get("revision") else "")
             if r.get("fell_back_to_torch"):
